@@ -1,0 +1,277 @@
+"""The only place a Dask cluster or a Client is made.
+
+:func:`connect` chooses a cluster, first match wins (ARCHITECTURE.md):
+
+1. an explicit address (``--scheduler`` / ``cluster.address``) or ``cluster.scheduler_file``;
+2. ``DASK_SCHEDULER_ADDRESS`` / dask config ``scheduler-address``;
+3. ``cluster.spec: {module, class, kwargs, scale | adapt}`` (dask-jobqueue, dask-kubernetes...);
+4. a :class:`~distributed.LocalCluster` sized to this machine, bound to 127.0.0.1.
+
+Everything else in mlpipe takes ``client=None`` and uses :func:`distributed.get_client`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import ipaddress
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from cluster.settings import DEFAULTS, VERSION_CHECKED
+
+logger = logging.getLogger(__name__)
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be reached, has no workers, or runs other package versions."""
+
+
+class InsecureClusterWarning(UserWarning):
+    """A plain-TCP connection to a scheduler that is not on this machine."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which cluster :func:`connect` would use, and why."""
+
+    kind: str  # "address" | "scheduler_file" | "environment" | "spec" | "local"
+    target: str
+    reason: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.target} ({self.reason})"
+
+
+def resolve(spec: Mapping[str, Any] | None = None, *, address: str | None = None) -> Choice:
+    """Decide which cluster to use, without starting or contacting anything.
+
+    Parameters
+    ----------
+    spec
+        The job's ``cluster:`` block as a plain dict (``ClusterSpec.model_dump(by_alias=True)``).
+    address
+        ``--scheduler`` from the command line; wins over everything.
+
+    Examples
+    --------
+    >>> resolve({"n_workers": 2}).kind
+    'local'
+    >>> resolve({}, address="tcp://10.0.0.5:8786").target
+    'tcp://10.0.0.5:8786'
+    """
+    spec = dict(spec or {})
+    if address:
+        return Choice("address", address, "given with --scheduler")
+    if spec.get("address"):
+        return Choice("address", spec["address"], "cluster.address in the job")
+    if spec.get("scheduler_file"):
+        return Choice("scheduler_file", spec["scheduler_file"], "cluster.scheduler_file in the job")
+    import dask
+
+    env = os.environ.get("DASK_SCHEDULER_ADDRESS") or dask.config.get("scheduler-address", None)
+    if env:
+        return Choice("environment", env, "DASK_SCHEDULER_ADDRESS / dask config scheduler-address")
+    if spec.get("spec"):
+        cls = spec["spec"]
+        path = f"{cls['module']}.{cls.get('class') or cls.get('class_')}"
+        return Choice("spec", path, "cluster.spec in the job", dict(cls))
+    n_workers, threads = _local_size(spec)
+    kwargs = {
+        "n_workers": n_workers,
+        "threads_per_worker": threads,
+        "processes": spec.get("processes", True),
+        "memory_limit": spec.get("memory_limit") or "auto",
+    }
+    target = f"LocalCluster({n_workers} workers x {threads} threads, 127.0.0.1)"
+    return Choice("local", target, "no address, scheduler file or cluster spec given", kwargs)
+
+
+def _local_size(spec: Mapping[str, Any]) -> tuple[int, int]:
+    from dask.system import CPU_COUNT
+    from distributed.deploy.utils import nprocesses_nthreads
+
+    n_workers, threads = nprocesses_nthreads(CPU_COUNT)
+    if spec.get("n_workers") and not spec.get("threads_per_worker"):
+        n_workers = spec["n_workers"]
+        threads = max(1, CPU_COUNT // n_workers)
+    elif spec.get("threads_per_worker") and not spec.get("n_workers"):
+        threads = spec["threads_per_worker"]
+        n_workers = max(1, CPU_COUNT // threads)
+    elif spec.get("n_workers"):
+        n_workers, threads = spec["n_workers"], spec["threads_per_worker"]
+    return int(n_workers), int(threads)
+
+
+@contextlib.contextmanager
+def connect(spec: Mapping[str, Any] | None = None, *, address: str | None = None,
+            dask_config: Mapping[str, Any] | None = None,
+            check_versions: bool = True) -> Iterator[Any]:
+    """Open the chosen cluster and yield a :class:`distributed.Client` for it.
+
+    Our defaults (:mod:`cluster.settings`) and then ``dask_config`` are set for the whole
+    context. A cluster we started (local or from a spec) is closed on exit; an existing one is
+    only disconnected from. On a cluster we did not start, package versions of every worker
+    are compared with ours and a mismatch is an error naming the worker and the package.
+
+    Examples
+    --------
+    >>> with connect({"n_workers": 2}) as client:       # doctest: +SKIP
+    ...     print(client.dashboard_link)
+    """
+    import dask
+    from distributed import Client
+
+    spec = dict(spec or {})
+    choice = resolve(spec, address=address)
+    timeout = spec.get("timeout") or "60s"
+    settings = {**DEFAULTS, **dict(dask_config or {})}
+    with dask.config.set(settings), contextlib.ExitStack() as stack:
+        security = _security(spec.get("security"))
+        if choice.kind in ("address", "environment"):
+            _warn_if_exposed(choice.target, security)
+            client = _client(lambda: Client(choice.target, security=security, timeout=timeout),
+                             choice)
+        elif choice.kind == "scheduler_file":
+            client = _client(lambda: Client(scheduler_file=choice.target, security=security,
+                                            timeout=timeout), choice)
+        elif choice.kind == "spec":
+            cluster = _cluster_from_spec(choice.kwargs)
+            stack.callback(cluster.close)
+            client = _client(lambda: Client(cluster, security=security, timeout=timeout),
+                             choice)
+        else:
+            from distributed import LocalCluster
+
+            os.makedirs(str(settings["distributed.nanny.pre-spawn-environ.NUMBA_CACHE_DIR"]),
+                        exist_ok=True)
+            # threads only: the in-process transport, nothing listens but the dashboard
+            where = {"host": "127.0.0.1"} if choice.kwargs.get("processes", True) else {}
+            cluster = LocalCluster(dashboard_address="127.0.0.1:0", **where, **choice.kwargs)
+            stack.callback(cluster.close)
+            client = Client(cluster)
+        stack.callback(client.close)
+        logger.debug("cluster: %s; dashboard: %s", choice, client.dashboard_link)
+        if choice.kind != "local":
+            _wait_for_workers(client, timeout, choice)
+            if check_versions:
+                check_package_versions(client)
+        yield client
+
+
+def _client(make: Any, choice: Choice) -> Any:
+    try:
+        return make()
+    except OSError as exc:  # distributed raises OSError / TimeoutError on connect failures
+        raise ClusterError(
+            f"could not connect to the scheduler at {choice.target} ({choice.reason}): {exc}. "
+            "Check the address and that the scheduler is running and reachable "
+            "(e.g. `dask scheduler` on that host)") from None
+
+
+def _cluster_from_spec(cls_spec: Mapping[str, Any]) -> Any:
+    module_name, class_name = cls_spec["module"], cls_spec.get("class") or cls_spec["class_"]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        extra = {"dask_jobqueue": "jobqueue", "dask_kubernetes": "kubernetes"}.get(
+            module_name.split(".")[0])
+        hint = f" (pip install 'mlpipe[{extra}]')" if extra else ""
+        raise ClusterError(f"cluster.spec.module {module_name!r} cannot be imported: "
+                           f"{exc}{hint}") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ClusterError(f"cluster.spec: {module_name} has no class {class_name!r}")
+    cluster = cls(**dict(cls_spec.get("kwargs") or {}))
+    if cls_spec.get("adapt"):
+        cluster.adapt(**cls_spec["adapt"])
+    elif cls_spec.get("scale"):
+        cluster.scale(cls_spec["scale"])
+    return cluster
+
+
+def _security(block: Mapping[str, Any] | None) -> Any:
+    if not block:
+        return None
+    from distributed.security import Security
+
+    for key in ("ca_file", "cert_file", "key_file"):
+        if not os.path.exists(block[key]):
+            raise ClusterError(f"cluster.security.{key}: {block[key]} does not exist")
+    return Security(tls_ca_file=block["ca_file"], tls_client_cert=block["cert_file"],
+                    tls_client_key=block["key_file"],
+                    require_encryption=block.get("require_encryption", True))
+
+
+def _warn_if_exposed(address: str, security: Any) -> None:
+    parsed = urlparse(address)
+    if parsed.scheme != "tcp" or not parsed.hostname:
+        return
+    if not _is_loopback(parsed.hostname):
+        warnings.warn(
+            f"connecting to {address} over plain TCP: a Dask scheduler executes arbitrary code "
+            "for anyone who can reach it. Do not expose it on a network; use tls:// with a "
+            "cluster.security block", InsecureClusterWarning, stacklevel=3)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+        except OSError:
+            return False
+
+
+def _wait_for_workers(client: Any, timeout: str, choice: Choice) -> None:
+    from dask.utils import parse_timedelta
+
+    try:
+        client.wait_for_workers(1, timeout=parse_timedelta(timeout))
+    except TimeoutError:
+        raise ClusterError(
+            f"the scheduler at {choice.target} has no workers after {timeout}; start some "
+            f"(`dask worker {choice.target}`) or raise cluster.timeout") from None
+
+
+def check_package_versions(client: Any, packages: tuple[str, ...] = VERSION_CHECKED) -> None:
+    """Fail when a worker runs other versions of the packages whose objects we exchange."""
+    versions = client.get_versions(packages=list(packages))
+    ours = versions["client"]["packages"]
+    problems = []
+    for worker, info in versions["workers"].items():
+        theirs = (info or {}).get("packages", {})
+        for pkg in packages:
+            if ours.get(pkg) != theirs.get(pkg):
+                problems.append(f"{worker}: {pkg} {theirs.get(pkg) or 'missing'} "
+                                f"(here: {ours.get(pkg) or 'missing'})")
+    if problems:
+        raise ClusterError(
+            "the cluster's workers run other package versions than this client:\n  "
+            + "\n  ".join(problems)
+            + "\nInstall the same versions on the workers (e.g. the same image or lock file).")
+
+
+def describe(client: Any) -> dict[str, Any]:
+    """A JSON-able summary of the cluster (for the report and the bundle)."""
+    info = client.scheduler_info(n_workers=-1)
+    workers = info.get("workers", {})
+    return {
+        "scheduler": info.get("address"),
+        "dashboard": client.dashboard_link,
+        "workers": len(workers),
+        "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+        "memory_bytes": sum(w.get("memory_limit", 0) or 0 for w in workers.values()),
+    }
+
+
+__all__ = ["connect", "resolve", "describe", "check_package_versions", "Choice",
+           "ClusterError", "InsecureClusterWarning"]

@@ -1,0 +1,497 @@
+"""Model bundles and the registry on any fsspec URL.
+
+Layout (ARCHITECTURE.md)::
+
+    <root>/runs/<run_id>/...files..., manifest.json      (manifest written LAST, create-once)
+    <root>/models/<name>/versions/<run_id>.json           (one per published run, create-once)
+    <root>/models/<name>/latest.json                      (the current version: CAS-flipped)
+
+A reader trusts only what a manifest lists, after checking each file's sha256 and size. A run
+killed before its manifest exists leaves an unlisted ``runs/<run_id>/`` that no reader sees
+(``mlpipe models cleanup`` removes it). Nothing is ever unpickled: XGBoost models are stored
+in their native UBJSON format, scikit-learn objects with skops, and a skops file holding any type
+outside scikit-learn's trusted set and our own transformers is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import secrets
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+FORMAT = "mlpipe-bundle/1"
+MANIFEST = "manifest.json"
+POINTER = "latest.json"
+
+#: distributions recorded in every manifest.
+RECORDED = ("mlpipe", "xgboost", "scikit-learn", "dask", "distributed", "dask-ml", "pandas",
+            "numpy", "pyarrow", "numba", "skops", "fsspec", "s3fs")
+
+
+class BundleError(RuntimeError):
+    """A bundle that is incomplete, tampered with, or cannot be found."""
+
+
+class ConflictError(BundleError):
+    """A compare-and-swap of a pointer lost against a concurrent writer."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in RECORDED:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_run_id(job_fingerprint: str) -> str:
+    """``20261129T033012.123Z-<job hash>-<random>``: sortable by time, unique."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{job_fingerprint}" \
+           f"-{secrets.token_hex(2)}"
+
+
+def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(url, **dict(storage_options or {}))
+
+
+def join(*parts: str) -> str:
+    return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts) if p)
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _is_s3(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("s3", "s3a")
+
+
+def atomic_write(fs: Any, path: str, data: bytes, *, create_once: bool = False) -> None:
+    """Write ``data`` so that a reader sees either nothing or all of it.
+
+    Local files: a temporary file in the same directory, fsync'ed, then renamed (or hard-linked
+    for ``create_once``, which fails if the target exists). Object stores: one PUT (S3 shows an
+    object only once it is complete), with ``If-None-Match: *`` for ``create_once``.
+    """
+    if _is_local(fs):
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if create_once:
+                os.link(tmp, path)  # atomic create-once: FileExistsError if it exists
+            else:
+                os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return
+    if create_once:
+        if _is_s3(fs):
+            try:
+                fs.pipe_file(path, data, mode="create")
+            except OSError as exc:
+                if _precondition_failed(exc):
+                    raise FileExistsError(path) from None
+                raise
+            return
+        if fs.exists(path):
+            raise FileExistsError(path)
+    fs.pipe_file(path, data)
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc} {getattr(exc, '__cause__', '')}"
+    return any(s in text for s in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                   "409", "At least one of the pre-conditions"))
+
+
+# --------------------------------------------------------------------------- writing a run
+
+
+def write_run(root: str, run_id: str, files: Mapping[str, bytes], *, meta: Mapping[str, Any],
+              storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write a run's files, then its manifest (last, create-once). Returns the manifest.
+
+    Until the manifest exists the run is invisible to every reader. The manifest records the
+    sha256 and size of each file, library versions, and ``meta`` (job name, data fingerprint,
+    headline metrics...).
+    """
+    fs, base = filesystem(join(root, "runs", run_id), storage_options)
+    if MANIFEST in files:
+        raise ValueError("manifest.json is written by write_run itself")
+    if _is_local(fs):
+        fs.makedirs(base, exist_ok=True)
+    listed = {}
+    for name, data in files.items():
+        fs.pipe_file(join(base, name), data)
+        listed[name] = {"sha256": sha256(data), "size": len(data)}
+    manifest = {
+        "format": FORMAT,
+        "run_id": run_id,
+        "created_at": utcnow(),
+        "files": listed,
+        "versions": library_versions(),
+        **dict(meta),
+    }
+    payload = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+    atomic_write(fs, join(base, MANIFEST), payload, create_once=True)
+    manifest["_sha256"] = sha256(payload)
+    return manifest
+
+
+# --------------------------------------------------------------------------- pointers (CAS)
+
+
+@dataclass
+class Pointer:
+    doc: dict[str, Any] | None
+    token: Any = field(default=None, repr=False)  # ETag (S3) or the raw bytes (elsewhere)
+
+
+def read_pointer(fs: Any, path: str) -> Pointer:
+    try:
+        if _is_s3(fs):
+            bucket, key, _ = fs.split_path(path)
+            out = fs.call_s3("get_object", Bucket=bucket, Key=key)
+            body = _read_body(fs, out["Body"])
+            return Pointer(json.loads(body), out.get("ETag"))
+        raw = fs.cat_file(path)
+        return Pointer(json.loads(raw), raw)
+    except FileNotFoundError:
+        return Pointer(None, None)
+    except OSError as exc:
+        if "NoSuchKey" in str(exc) or "Not Found" in str(exc) or "404" in str(exc):
+            return Pointer(None, None)
+        raise
+
+
+def _read_body(fs: Any, body: Any) -> bytes:
+    from fsspec.asyn import sync
+
+    async def _read() -> bytes:
+        async with body:
+            return await body.read()
+
+    return sync(fs.loop, _read)
+
+
+@contextlib.contextmanager
+def _local_lock(path: str) -> Iterator[None]:
+    import fcntl
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def swap_pointer(fs: Any, path: str, expected: Pointer, doc: Mapping[str, Any]) -> None:
+    """Replace the pointer at ``path`` with ``doc`` only if it still is ``expected``.
+
+    S3: ``PutObject`` with ``If-Match: <etag>`` (or ``If-None-Match: *`` when there was none).
+    Local files: an exclusive lock, a comparison and an atomic rename. Other stores: compare
+    then write (not atomic; documented). Raises :class:`ConflictError` when another writer won.
+    """
+    payload = json.dumps(doc, indent=2, sort_keys=True).encode()
+    if _is_s3(fs):
+        bucket, key, _ = fs.split_path(path)
+        condition = {"IfMatch": expected.token} if expected.token else {"IfNoneMatch": "*"}
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=payload, **condition)
+        except OSError as exc:
+            if _precondition_failed(exc):
+                raise ConflictError(f"{path} was changed by another writer") from None
+            raise
+        fs.invalidate_cache(path)
+        return
+    if _is_local(fs):
+        with _local_lock(path):
+            current = fs.cat_file(path) if os.path.exists(path) else None
+            if current != expected.token:
+                raise ConflictError(f"{path} was changed by another writer")
+            atomic_write(fs, path, payload)
+        return
+    current = fs.cat_file(path) if fs.exists(path) else None
+    if current != expected.token:
+        raise ConflictError(f"{path} was changed by another writer")
+    fs.pipe_file(path, payload)
+
+
+def publish(root: str, name: str, manifest: Mapping[str, Any], *,
+            storage_options: Mapping[str, Any] | None = None,
+            summary: Mapping[str, Any] | None = None, attempts: int = 20) -> dict[str, Any]:
+    """Register a completed run as a version of model ``name`` and make it current."""
+    fs, models = filesystem(join(root, "models", name), storage_options)
+    run_id = manifest["run_id"]
+    record = {"name": name, "run_id": run_id, "manifest_sha256": manifest["_sha256"],
+              "created_at": manifest["created_at"], **dict(summary or {})}
+    if _is_local(fs):
+        fs.makedirs(join(models, "versions"), exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        atomic_write(fs, join(models, "versions", f"{run_id}.json"),
+                     json.dumps(record, indent=2, sort_keys=True).encode(), create_once=True)
+    return set_current(root, name, run_id, manifest_sha256=manifest["_sha256"],
+                       storage_options=storage_options, attempts=attempts, reason="run")
+
+
+def set_current(root: str, name: str, run_id: str, *, manifest_sha256: str,
+                storage_options: Mapping[str, Any] | None = None, expected_run: Any = ...,
+                attempts: int = 20, reason: str = "promote",
+                history: list[str] | None = None) -> dict[str, Any]:
+    """Flip ``models/<name>/latest.json`` to ``run_id`` by compare-and-swap.
+
+    ``expected_run``: if given, the flip happens only while the current version is that run id
+    (``None``: no current version); a concurrent change raises :class:`ConflictError`. Without
+    it, the flip is retried on conflicts (last writer wins, no update lost).
+    """
+    import time
+
+    fs, models = filesystem(join(root, "models", name), storage_options)
+    path = join(models, POINTER)
+    for attempt in range(attempts):
+        current = read_pointer(fs, path)
+        current_run = current.doc["run_id"] if current.doc else None
+        if expected_run is not ... and current_run != expected_run:
+            raise ConflictError(f"model {name!r} is at {current_run}, not {expected_run}; "
+                                "someone else changed it: look and retry")
+        previous = list(current.doc.get("history", [])) if current.doc else []
+        if history is None:
+            new_history = ([current_run] + previous) if current_run else previous
+        else:
+            new_history = history
+        doc = {"name": name, "run_id": run_id, "manifest_sha256": manifest_sha256,
+               "updated_at": utcnow(), "reason": reason, "history": new_history[:100]}
+        try:
+            swap_pointer(fs, path, current, doc)
+            return doc
+        except ConflictError:
+            if expected_run is not ...:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise ConflictError(f"could not update {path} after {attempts} attempts")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def split_url(url: str) -> tuple[str, str, str]:
+    """``(root, kind, key)`` for ``<root>/runs/<run_id>`` or ``<root>/models/<name>``."""
+    clean = url.rstrip("/")
+    head, _, key = clean.rpartition("/")
+    root, _, kind = head.rpartition("/")
+    if kind not in ("runs", "models") or not key or not root:
+        raise BundleError(f"{url} is neither a run URL (<root>/runs/<run_id>) nor a model URL "
+                          "(<root>/models/<name>)")
+    return root, kind, key
+
+
+@dataclass
+class Bundle:
+    """A verified run: its manifest, and its files read on demand (each sha256-checked)."""
+
+    root: str
+    run_id: str
+    manifest: dict[str, Any]
+    fs: Any = field(repr=False)
+    base: str = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return join(self.root, "runs", self.run_id)
+
+    def read(self, name: str) -> bytes:
+        listed = self.manifest["files"].get(name)
+        if listed is None:
+            raise BundleError(f"{self.url} has no {name} in its manifest")
+        try:
+            data = self.fs.cat_file(join(self.base, name))
+        except FileNotFoundError:
+            raise BundleError(f"{self.url}/{name} is listed in the manifest but missing") from None
+        if len(data) != listed["size"] or sha256(data) != listed["sha256"]:
+            raise BundleError(f"{self.url}/{name} does not match its manifest (sha256/size "
+                              "differ): the bundle was changed after it was written; refusing "
+                              "to load it")
+        return data
+
+    def json(self, name: str) -> Any:
+        return json.loads(self.read(name))
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest["files"]
+
+
+def open_bundle(url: str, storage_options: Mapping[str, Any] | None = None) -> Bundle:
+    """Open a run URL or a model URL (its current version) and read its manifest."""
+    root, kind, key = split_url(url)
+    fs, _ = filesystem(root, storage_options)
+    if kind == "models":
+        pointer = read_pointer(fs, fs._strip_protocol(join(root, "models", key, POINTER)))
+        if pointer.doc is None:
+            raise BundleError(f"model {key!r} has no current version at {root} "
+                              f"(no models/{key}/latest.json); run a job or promote a run")
+        run_id, expected_sha = pointer.doc["run_id"], pointer.doc.get("manifest_sha256")
+    else:
+        run_id, expected_sha = key, None
+    base = fs._strip_protocol(join(root, "runs", run_id))
+    try:
+        raw = fs.cat_file(join(base, MANIFEST))
+    except FileNotFoundError:
+        raise BundleError(f"{join(root, 'runs', run_id)} has no manifest.json: the run did not "
+                          "complete (or is still running); it is not a model") from None
+    if expected_sha and sha256(raw) != expected_sha:
+        raise BundleError(f"the manifest of {run_id} does not match the sha256 recorded in "
+                          f"models/{key}/latest.json; refusing to load it")
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        raise BundleError(f"{join(root, 'runs', run_id)}/manifest.json is not valid JSON") \
+            from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{join(root, 'runs', run_id)} is not an {FORMAT} bundle "
+                          f"(format {manifest.get('format')!r})")
+    manifest["_sha256"] = sha256(raw)
+    return Bundle(root=root, run_id=run_id, manifest=manifest, fs=fs, base=base)
+
+
+# --------------------------------------------------------------------------- skops
+
+
+def trusted_types() -> list[str]:
+    """Our own transformer classes: trusted on load alongside skops' scikit-learn defaults."""
+    import inspect
+
+    from sklearn.base import BaseEstimator
+
+    import pipeline.preprocess as preprocess
+
+    modules = [preprocess]
+    try:
+        import pipeline.features as features
+
+        modules.append(features)
+    except ImportError:  # features land with the preprocessing work
+        pass
+    out = []
+    for module in modules:
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, BaseEstimator) and obj.__module__ == module.__name__:
+                out.append(f"{obj.__module__}.{obj.__qualname__}")
+    return sorted(out)
+
+
+def dumps_skops(obj: Any) -> bytes:
+    import skops.io as sio
+
+    data = sio.dumps(obj, compression=8)
+    _check_types(data, "the object being saved")
+    return data
+
+
+def loads_skops(data: bytes, what: str) -> Any:
+    import skops.io as sio
+
+    _check_types(data, what)
+    return sio.loads(data, trusted=trusted_types())
+
+
+def _check_types(data: bytes, what: str) -> None:
+    import skops.io as sio
+
+    untrusted = set(sio.get_untrusted_types(data=data)) - set(trusted_types())
+    if untrusted:
+        raise BundleError(f"{what} holds types outside the trusted set: {sorted(untrusted)}; "
+                          "refusing to load it (skops, never pickle)")
+
+
+# --------------------------------------------------------------------------- models
+
+
+def model_bytes(model: Any) -> tuple[str, bytes]:
+    """(file name, bytes) of a fitted model: XGBoost natively, scikit-learn via skops."""
+    if type(model).__module__.startswith("xgboost") and type(model).__name__ == "Booster":
+        return "model.ubj", bytes(model.save_raw(raw_format="ubj"))
+    return "model.skops", dumps_skops(model)
+
+
+def load_predictor(bundle: Bundle) -> Any:
+    """The :class:`~pipeline.predictor.Predictor` of a verified bundle."""
+    from pipeline.predictor import Predictor
+
+    schema = bundle.json("schema.json")
+    preprocessor = loads_skops(bundle.read("preprocessor.skops"), f"{bundle.url}/preprocessor")
+    if bundle.has("model.ubj"):
+        import xgboost
+
+        model = xgboost.Booster()
+        model.load_model(bytearray(bundle.read("model.ubj")))
+        model.set_param({"nthread": 1})  # scoring parallelism comes from Dask partitions
+    else:
+        model = loads_skops(bundle.read("model.skops"), f"{bundle.url}/model")
+    _check_kernels(bundle, schema)
+    return Predictor(task=schema["task"], target=schema["target"], classes=schema["classes"],
+                     preprocessor=preprocessor, model=model, threshold=schema["threshold"],
+                     family=schema["family"], run_id=bundle.run_id)
+
+
+def _check_kernels(bundle: Bundle, schema: Mapping[str, Any]) -> None:
+    recorded = schema.get("kernels") or {}
+    if not recorded:
+        return
+    from kernels import kernel_fingerprints
+
+    current = kernel_fingerprints()
+    changed = sorted(k for k, v in recorded.items() if current.get(k) != v)
+    if changed:
+        raise BundleError(f"{bundle.url} was trained with other versions of the feature "
+                          f"kernels {changed} than this installation has; score it with the "
+                          f"mlpipe version it was trained with "
+                          f"({bundle.manifest['versions'].get('mlpipe')}) or retrain")
+
+
+def load_model(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """Load a verified model from a run URL or a model URL (its current version).
+
+    Every file is checked against the manifest's sha256 before it is used; nothing is
+    unpickled.
+
+    Examples
+    --------
+    >>> model = load_model("s3://bucket/mlpipe/models/demo")       # doctest: +SKIP
+    >>> model.predict(frame)                                       # doctest: +SKIP
+    """
+    return load_predictor(open_bundle(url, storage_options))

@@ -1,0 +1,196 @@
+"""``mlpipe``: the command line. Heavy imports happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from pipeline.config import JobError
+
+logger = logging.getLogger("pipeline")
+
+#: errors that are the user's to fix: one paragraph, no traceback (unless -v).
+_EXPECTED: tuple[type[BaseException], ...] = (JobError, ValueError, FileNotFoundError,
+                                               PermissionError, TimeoutError, RuntimeError)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("pipeline", "cluster"):
+        log = logging.getLogger(name)
+        log.handlers[:] = [handler]
+        log.setLevel(logging.DEBUG if verbose else logging.INFO)
+        log.propagate = False
+
+
+def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The cluster options every cluster-using command takes (they override the job's)."""
+
+    @click.option("--scheduler", "scheduler", metavar="ADDRESS", default=None,
+                  help="Use the existing Dask cluster at this address (tcp://host:8786).")
+    @click.option("--n-workers", type=int, default=None,
+                  help="Workers of the local cluster (default: sized to this machine).")
+    @click.option("--threads-per-worker", type=int, default=None,
+                  help="Threads per local worker.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _cluster_overrides(n_workers: int | None, threads: int | None) -> list[str]:
+    out = []
+    if n_workers:
+        out.append(f"cluster.n_workers={n_workers}")
+    if threads:
+        out.append(f"cluster.threads_per_worker={threads}")
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging and full tracebacks.")
+@click.version_option(package_name="mlpipe", prog_name="mlpipe")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """mlpipe: the whole ML workflow as one distributed Dask job.
+
+    \b
+    mlpipe run examples/demo.yaml                       # on a LocalCluster
+    mlpipe run job.yaml --scheduler tcp://host:8786     # on an existing cluster
+    mlpipe run job.yaml --set output=s3://bucket/mlpipe
+    """
+    ctx.obj = {"verbose": verbose}
+    _setup_logging(verbose)
+
+
+# --------------------------------------------------------------------------- run
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a job key, e.g. --set data.train=s3://b/x (repeatable).")
+@cluster_options
+def run(job_file: str, overrides: tuple[str, ...], scheduler: str | None,
+        n_workers: int | None, threads_per_worker: int | None) -> None:
+    """Run JOB_FILE end to end and publish the model bundle."""
+    from pipeline.config import load_job
+    from pipeline.run import run as run_job
+
+    job = load_job(job_file, [*overrides, *_cluster_overrides(n_workers, threads_per_worker)])
+    result = run_job(job, address=scheduler)
+    click.echo("")
+    click.echo(result.table())
+    click.echo("")
+    click.echo(f"run:   {result.run_url}")
+    click.echo(f"model: {result.model_url}")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@cli.group()
+def config() -> None:
+    """Check and show job files."""
+
+
+@config.command("validate")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+def config_validate(job_file: str, overrides: tuple[str, ...]) -> None:
+    """Validate JOB_FILE (no cluster, no data read)."""
+    from pipeline.config import load_job
+
+    job = load_job(job_file, overrides)
+    click.echo(f"{job_file}: valid ({job.data.task} job {job.name!r}, "
+               f"{len(job.models)} model famil{'y' if len(job.models) == 1 else 'ies'})")
+
+
+@config.command("show")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--scheduler", default=None, metavar="ADDRESS")
+def config_show(job_file: str, overrides: tuple[str, ...], scheduler: str | None) -> None:
+    """Print the resolved job (defaults filled in) and the cluster it would use."""
+    import cluster
+    from pipeline.config import load_job
+
+    job = load_job(job_file, overrides)
+    click.echo(job.to_yaml().rstrip())
+    choice = cluster.resolve(job.cluster.model_dump(by_alias=True), address=scheduler)
+    click.echo(f"# cluster that would be used: {choice}")
+
+
+# --------------------------------------------------------------------------- demo data
+
+
+@cli.command("demo-data")
+@click.argument("out")
+@click.option("--rows", type=int, default=1_000_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--rows-per-part", type=int, default=250_000, show_default=True)
+@cluster_options
+def demo_data(out: str, rows: int, seed: int, rows_per_part: int, scheduler: str | None,
+              n_workers: int | None, threads_per_worker: int | None) -> None:
+    """Generate the demo loan dataset (Parquet) at OUT, in parallel on the cluster."""
+    import time
+
+    import cluster
+    from pipeline.demo import write_demo_data
+
+    spec = {"n_workers": n_workers, "threads_per_worker": threads_per_worker}
+    with cluster.connect(spec, address=scheduler) as client:
+        logger.info("dashboard: %s", client.dashboard_link)
+        start = time.perf_counter()
+        info = write_demo_data(out, rows, seed=seed, rows_per_part=rows_per_part)
+        logger.info("[%6.1fs] wrote %s rows in %s parts", time.perf_counter() - start,
+                    f"{info['rows']:,}", info["parts"])
+    click.echo(json.dumps(info))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one paragraph per error and a non-zero exit, no traceback."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = any(a in ("-v", "--verbose") for a in args)
+    try:
+        cli.main(args=args, prog_name="mlpipe", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:
+        if verbose:
+            raise
+        click.echo(_paragraph(exc), err=True)
+        return 1
+    return 0
+
+
+def _paragraph(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if not isinstance(exc, _EXPECTED) or type(exc) in (RuntimeError, ValueError):
+        kind = type(exc).__name__
+        text = f"{kind}: {text}" if type(exc) not in (ValueError,) else text
+    return f"error: {text}\n(run with -v for the full traceback)"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,428 @@
+"""Loading: any fsspec URL (files, directories, globs) of CSV or Parquet into a dask DataFrame.
+
+Three steps, each cheap before the next is run:
+
+1. :func:`find_files` lists the files (and fingerprints them from their listing: name, size,
+   ETag/mtime), without reading data;
+2. :func:`read_headers` reads every file's header (Parquet footers, CSV first lines) in a thread
+   pool and :func:`check_headers` checks them against the job's schema contract, so a bad file
+   is named before any compute;
+3. :func:`read` builds the lazy dask DataFrame with the contract's dtypes, and
+   :func:`summarize` computes everything the later stages need to know about it (rows, missing
+   values, classes, levels of categorical columns) in ONE ``dask.compute``, rejecting data no
+   model should be trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PARQUET_EXT = (".parquet", ".parq", ".pq")
+CSV_EXT = (".csv", ".tsv", ".txt", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.xz", ".tsv.gz")
+
+#: more distinct target values than this in a classification task is almost surely a mistake.
+MAX_CLASSES = 1000
+
+
+class DataError(ValueError):
+    """Data that cannot be used. The message names the file, column or row and what to do."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """The files behind one data URL."""
+
+    url: str
+    protocol: str
+    format: str  # "csv" | "parquet"
+    files: tuple[str, ...]  # full URLs, in a stable order
+    fingerprint: str
+    bytes: int
+    fs: Any = field(repr=False, compare=False)
+
+
+def find_files(url: str, storage_options: Mapping[str, Any] | None = None,
+               fmt: str = "auto") -> Source:
+    """List the data files at ``url`` (a file, a directory or a glob) without reading them.
+
+    Files whose names start with ``_`` or ``.`` (``_SUCCESS``, ``_metadata``) are skipped.
+
+    Examples
+    --------
+    >>> src = find_files("data/demo")                  # doctest: +SKIP
+    >>> src.format, len(src.files)                     # doctest: +SKIP
+    ('parquet', 16)
+    """
+    from fsspec.core import url_to_fs
+
+    try:
+        fs, path = url_to_fs(url, **dict(storage_options or {}))
+    except (ValueError, ImportError) as exc:
+        raise DataError(f"cannot open {url}: {exc}") from None
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    try:
+        if any(ch in path for ch in "*?["):
+            listing = fs.glob(path, detail=True)
+        elif fs.isdir(path):
+            listing = fs.find(path, detail=True)
+        elif fs.exists(path):
+            listing = {path: fs.info(path)}
+        else:
+            listing = {}
+    except (PermissionError, OSError) as exc:
+        raise DataError(f"cannot list {url}: {exc}. Check the URL and the credentials "
+                        "(environment / fsspec config)") from None
+    entries = {name: info for name, info in listing.items()
+               if info.get("type", "file") != "directory"
+               and not name.rsplit("/", 1)[-1].startswith(("_", "."))}
+    if not entries:
+        raise DataError(f"no data files at {url}; expected a CSV or Parquet file, a directory "
+                        "of them, or a glob such as s3://bucket/prefix/*.parquet")
+    names = sorted(entries)
+    if fmt == "auto":
+        fmt = _format_of(names, url)
+    wanted = PARQUET_EXT if fmt == "parquet" else CSV_EXT
+    names = [n for n in names if n.lower().endswith(wanted)] or names
+    digest = hashlib.sha256()
+    total = 0
+    for name in names:
+        info = entries[name]
+        total += int(info.get("size") or 0)
+        stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get(
+            "LastModified") or info.get("created") or ""
+        digest.update(f"{name}\0{info.get('size')}\0{stamp}\n".encode())
+    files = tuple(fs.unstrip_protocol(n) if protocol not in ("file", "local") else n
+                  for n in names)
+    return Source(url=url, protocol=protocol, format=fmt, files=files,
+                  fingerprint=digest.hexdigest()[:16], bytes=total, fs=fs)
+
+
+def _format_of(names: Sequence[str], url: str) -> str:
+    lowered = [n.lower() for n in names]
+    if all(n.endswith(PARQUET_EXT) for n in lowered):
+        return "parquet"
+    if all(n.endswith(CSV_EXT) for n in lowered):
+        return "csv"
+    if any(n.endswith(PARQUET_EXT) for n in lowered):
+        return "parquet"
+    if any(n.endswith(CSV_EXT) for n in lowered):
+        return "csv"
+    raise DataError(f"cannot tell the format of the files at {url} from their names "
+                    f"(e.g. {names[0]}); set data.format to csv or parquet")
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def read_headers(source: Source, max_workers: int = 16) -> dict[str, dict[str, str]]:
+    """{file: {column: type name}} for every file; CSV headers have no types (``""``)."""
+    reader = _parquet_header if source.format == "parquet" else _csv_header
+
+    def one(name: str) -> tuple[str, dict[str, str]]:
+        try:
+            return name, reader(source.fs, name)
+        except DataError:
+            raise
+        except Exception as exc:  # any reader failure: name the file, keep the cause
+            raise DataError(f"cannot read the header of {name}: {type(exc).__name__}: {exc}. "
+                            f"Is it a valid {source.format.upper()} file?") from exc
+
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(source.files))) as pool:
+        return dict(pool.map(one, source.files))
+
+
+def _parquet_header(fs: Any, name: str) -> dict[str, str]:
+    import pyarrow.parquet as pq
+
+    with fs.open(name, "rb") as f:
+        schema = pq.read_schema(f)
+    names = [n for n in schema.names if n != "__null_dask_index__"]
+    _no_duplicates(names, name)
+    return {n: str(schema.field(n).type) for n in names}
+
+
+def _csv_header(fs: Any, name: str) -> dict[str, str]:
+    with fs.open(name, "rb", compression="infer") as raw, \
+            io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+        line = text.readline()
+    if not line.strip():
+        raise DataError(f"{name} is empty or has no header line; every CSV file needs a header")
+    delimiter = "\t" if name.lower().endswith((".tsv", ".tsv.gz")) else ","
+    names = next(csv.reader([line], delimiter=delimiter))
+    _no_duplicates(names, name)
+    return dict.fromkeys(names, "")
+
+
+def _no_duplicates(names: Sequence[str], file: str) -> None:
+    seen: set[str] = set()
+    dups = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+    if dups:
+        raise DataError(f"{file} has duplicated column names {dups}; rename them so each "
+                        "column has one name")
+
+
+def check_headers(headers: Mapping[str, Mapping[str, str]], *, schema: Mapping[str, str] | None,
+                  required: Sequence[str]) -> list[str]:
+    """Check every file against the contract (or, without one, against the first file).
+
+    Returns the column names in file order. Raises :class:`DataError` naming the first bad
+    file and column.
+    """
+    files = list(headers)
+    first = headers[files[0]]
+    columns = list(schema) if schema is not None else list(first)
+    for name, header in headers.items():
+        missing = [c for c in columns if c not in header]
+        if schema is None and (missing or len(header) != len(first)):
+            extra = [c for c in header if c not in first]
+            raise DataError(f"{name} has other columns than {files[0]} (missing {missing}, "
+                            f"extra {extra}); all files of one dataset need the same columns")
+        if missing:
+            raise DataError(f"column {missing[0]!r} of the schema contract (data.schema) is "
+                            f"missing from {name}; found columns {list(header)}")
+        if schema is not None:
+            for column, declared in schema.items():
+                found = header[column]
+                if found and not _compatible(found, declared):
+                    raise DataError(f"column {column!r} has type {found} in {name}; expected "
+                                    f"{declared} (data.schema). Fix the file or the contract")
+    for column in required:
+        if column not in columns:
+            hint = _close(column, columns)
+            raise DataError(f"column {column!r} is not in the data ({files[0]}){hint}; "
+                            f"found columns {columns}")
+    return columns
+
+
+def _compatible(arrow_type: str, declared: str) -> bool:
+    """Can a Parquet column of ``arrow_type`` be read as ``declared`` without losing meaning?"""
+    t = arrow_type.lower()
+    is_int = t.startswith(("int", "uint"))
+    is_float = t.startswith(("float", "double", "halffloat", "decimal"))
+    is_text = t.startswith(("string", "large_string", "utf8", "large_utf8", "string_view"))
+    if declared in ("category",):
+        return is_text or is_int or t.startswith(("dictionary", "bool"))
+    if declared in ("str", "string", "object"):
+        return is_text or t.startswith("dictionary")
+    if declared.lower().startswith(("int", "uint")):
+        return is_int or t == "bool"
+    if declared.lower().startswith("float"):
+        return is_int or is_float or t == "bool"
+    if declared in ("bool", "boolean"):
+        return t == "bool"
+    if declared.startswith("datetime"):
+        return t.startswith(("timestamp", "date"))
+    return False
+
+
+def _close(word: str, choices: Sequence[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+# --------------------------------------------------------------------------- read
+
+
+def read(source: Source, columns: Sequence[str], *, schema: Mapping[str, str] | None = None,
+         drop: Sequence[str] = (), storage_options: Mapping[str, Any] | None = None,
+         blocksize: str = "64MiB") -> Any:
+    """The lazy dask DataFrame of ``columns`` (minus ``drop``), coerced to the contract."""
+    import dask.dataframe as dd
+
+    keep = [c for c in columns if c not in set(drop)]
+    options = dict(storage_options or {})
+    files = list(source.files)
+    if source.format == "parquet":
+        ddf = dd.read_parquet(files, columns=keep, storage_options=options, index=False)
+    else:
+        dtypes = {c: _csv_dtype(t) for c, t in (schema or {}).items() if c in keep}
+        sep = "\t" if files[0].lower().endswith((".tsv", ".tsv.gz")) else ","
+        ddf = dd.read_csv(files, usecols=keep, dtype=dtypes or None, sep=sep,
+                          blocksize=None if _compressed(files[0]) else blocksize,
+                          storage_options=options)
+        ddf = ddf[keep]
+    casts = {c: t for c, t in (schema or {}).items() if c in keep and str(ddf.dtypes[c]) != t}
+    # Always one map_partitions, even without casts: persisting a bare projected read_parquet
+    # gives a collection whose keys were never computed ("lost dependencies" on the next
+    # compute, dask/dask#12488).
+    return ddf.map_partitions(_coerce, casts, meta=_coerce(ddf._meta, casts))
+
+
+def _coerce(df: Any, casts: Mapping[str, str]) -> Any:
+    return df.astype(dict(casts)) if casts else df
+
+
+def _csv_dtype(declared: str) -> str:
+    # datetimes are parsed after reading; read_csv's dtype= does not take them
+    return "str" if declared.startswith("datetime") else declared
+
+
+def _compressed(name: str) -> bool:
+    return name.lower().endswith((".gz", ".bz2", ".zst", ".xz"))
+
+
+# --------------------------------------------------------------------------- summarize
+
+
+@dataclass
+class Summary:
+    """What the stages need to know about the data, from one compute."""
+
+    rows: int
+    columns: dict[str, str]  # column -> dtype
+    missing: dict[str, int]
+    classes: list[Any] | None  # sorted class labels (classification), positive class last
+    class_counts: dict[str, int] | None
+    target_stats: dict[str, float] | None  # regression: min, max, mean, std
+    levels: dict[str, dict[str, int]]  # categorical column -> {level: count}
+    time_cutoff: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self.__dict__, default=str))
+
+
+def categorical_columns(ddf: Any, exclude: Sequence[str] = ()) -> list[str]:
+    """Columns holding categories or text (object, str, string, category, bool)."""
+    import pandas as pd
+
+    out = []
+    for column, dtype in ddf.dtypes.items():
+        if column in exclude:
+            continue
+        if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype) \
+                or pd.api.types.is_object_dtype(dtype):
+            out.append(column)
+    return out
+
+
+def summarize(ddf: Any, *, target: str, task: str, source: str,
+              positive: Any = None, time_column: str | None = None,
+              holdout: float = 0.2, exclude_levels: Sequence[str] = ()) -> Summary:
+    """Validate the data for training and describe it, in one ``dask.compute``.
+
+    Raises :class:`DataError` for: zero rows, missing or infinite labels, a single class, a
+    binary task without exactly two classes, or a classification target with more than
+    ``MAX_CLASSES`` distinct values.
+    """
+    import dask
+    import numpy as np
+    import pandas as pd
+
+    y = ddf[target]
+    cats = categorical_columns(ddf, exclude=[target, *exclude_levels])
+    lazy: dict[str, Any] = {
+        "rows": ddf.shape[0],
+        "missing": ddf.isna().sum(),
+        "levels": {c: ddf[c].value_counts(dropna=True, split_out=1) for c in cats},
+    }
+    numeric_target = pd.api.types.is_numeric_dtype(y.dtype) and not pd.api.types.is_bool_dtype(
+        y.dtype)
+    if task == "regression" and not numeric_target:
+        raise DataError(f"the target {target!r} has dtype {y.dtype} in {source}; a regression "
+                        "target must be numeric (or set data.task to binary/multiclass)")
+    if numeric_target:
+        lazy["infinite"] = y.isin([np.inf, -np.inf]).sum()
+    if task == "regression":
+        lazy["tstats"] = {"min": y.min(), "max": y.max(), "mean": y.mean(), "std": y.std()}
+    else:
+        lazy["classes"] = y.value_counts(dropna=True, split_out=1)
+    if time_column:
+        lazy["cutoff"] = ddf[time_column].quantile(1.0 - holdout)
+    (got,) = dask.compute(lazy)
+
+    rows = int(got["rows"])
+    if rows == 0:
+        raise DataError(f"{source} has zero rows; nothing to train on")
+    missing = {str(k): int(v) for k, v in got["missing"].items()}
+    if missing.get(target):
+        raise DataError(
+            f"the target {target!r} is missing in {missing[target]} of {rows} rows of {source}"
+            f"{_example(ddf, ddf[target].isna())}. Drop or fill those rows before training")
+    if got.get("infinite"):
+        raise DataError(
+            f"the target {target!r} is infinite in {int(got['infinite'])} rows of {source}"
+            f"{_example(ddf, ddf[target].isin([np.inf, -np.inf]))}; "
+            "labels must be finite numbers")
+    classes = counts = tstats = None
+    if task == "regression":
+        tstats = {k: float(v) for k, v in got["tstats"].items()}
+        if tstats["min"] == tstats["max"]:
+            raise DataError(f"the target {target!r} has one value ({tstats['min']}) in all "
+                            f"{rows} rows of {source}; there is nothing to learn")
+    else:
+        vc = got["classes"]
+        if len(vc) < 2:
+            only = list(vc.index)
+            raise DataError(f"the target {target!r} has a single class {only} in {source}; a "
+                            "classifier needs at least two. Check the data or the filter")
+        if len(vc) > MAX_CLASSES:
+            raise DataError(f"the target {target!r} has {len(vc)} distinct values in {source};"
+                            f" more than {MAX_CLASSES} classes is not a classification task "
+                            "(set data.task: regression?)")
+        if task == "binary" and len(vc) != 2:
+            raise DataError(f"data.task is binary but the target {target!r} has {len(vc)} "
+                            f"classes ({_preview(list(vc.index))}); use task: multiclass")
+        if task == "multiclass" and len(vc) == 2:
+            raise DataError(f"data.task is multiclass but the target {target!r} has two classes;"
+                            " use task: binary")
+        classes = sorted(vc.index.tolist(), key=_sort_key)
+        if task == "binary" and positive is not None:
+            if positive not in classes:
+                raise DataError(f"data.positive {positive!r} is not a class of {target!r} "
+                                f"(classes: {classes})")
+            classes = [c for c in classes if c != positive] + [positive]
+        counts = {str(k): int(v) for k, v in vc.items()}
+    levels = {c: {str(k): int(v) for k, v in got["levels"][c].items()} for c in cats}
+    dtypes = {str(c): str(t) for c, t in ddf.dtypes.items()}
+    return Summary(rows=rows, columns=dtypes, missing=missing, classes=_plain(classes),
+                   class_counts=counts, target_stats=tstats, levels=levels,
+                   time_cutoff=got.get("cutoff"))
+
+
+def _sort_key(value: Any) -> tuple:
+    return (0, value) if isinstance(value, int | float | bool) else (1, str(value))
+
+
+def _plain(values: list[Any] | None) -> list[Any] | None:
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        if hasattr(v, "item"):
+            v = v.item()
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out.append(v)
+    return out
+
+
+def _preview(values: list[Any], n: int = 5) -> str:
+    shown = ", ".join(repr(v) for v in values[:n])
+    return shown + (", ..." if len(values) > n else "")
+
+
+def _example(ddf: Any, mask: Any) -> str:
+    """' (e.g. row {...})' for the first offending row; only computed on the error path."""
+    try:
+        row = ddf[mask].head(1, npartitions=-1)
+    except Exception:  # the example is a courtesy; never hide the real error
+        return ""
+    if row.empty:
+        return ""
+    record = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+              for k, v in row.iloc[0].to_dict().items()}
+    shown = dict(list(record.items())[:8])
+    return f" (e.g. the row {shown})"

@@ -1,0 +1,108 @@
+"""Seeded train / validation / holdout split of a dask DataFrame, without shuffling.
+
+Each row gets a fold: ``TRAIN``, ``VALID`` (kept aside for early stopping) or ``HOLDOUT``.
+
+- The random draw of a row comes from a hash of its *content* and the seed, so the split does
+  not depend on how the data is partitioned, and exact duplicate rows land on the same side
+  (no leakage of a duplicated row into the holdout).
+- Classification is stratified: inside each partition, the rows of each class are taken by
+  systematic sampling in the order of their draws, so every partition contributes
+  ``floor`` or ``ceil`` of ``share * n_class`` rows of each class, and the class balance of
+  the holdout matches the data's to within one row per class per partition.
+- With a time column (``split.by``), the holdout is every row later than the cutoff (the
+  ``1 - holdout`` quantile of that column), so the model is evaluated on the future.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+TRAIN, VALID, HOLDOUT = 0, 1, 2
+FOLD = "__fold__"
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(h: np.ndarray, seed: int) -> np.ndarray:
+    """splitmix64 finaliser of (h + seed * golden): well-spread 64-bit draws."""
+    with np.errstate(over="ignore"):
+        z = h + np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _uniform(h: np.ndarray) -> np.ndarray:
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _systematic(u: np.ndarray, share: float, offset: float) -> np.ndarray:
+    """Boolean mask taking ~share of the rows, in the order of ``u``, by systematic sampling."""
+    order = np.argsort(u, kind="stable")
+    rank = np.empty(len(u), dtype=np.float64)
+    rank[order] = np.arange(len(u), dtype=np.float64)
+    return np.floor((rank + 1) * share + offset) > np.floor(rank * share + offset)
+
+
+def _take(u: np.ndarray, labels: np.ndarray | None, share: float, seed: int) -> np.ndarray:
+    if labels is None:
+        return u < share
+    mask = np.zeros(len(u), dtype=bool)
+    codes, inverse = np.unique(labels, return_inverse=True)
+    for code in range(len(codes)):
+        rows = np.flatnonzero(inverse == code)
+        # the offset comes from the class's own draws: deterministic, partition-index free
+        offset = float(_uniform(_mix(np.array([np.uint64(len(rows))]), seed + code))[0])
+        offset = (offset + float(u[rows].min())) % 1.0
+        mask[rows] = _systematic(u[rows], share, offset)
+    return mask
+
+
+def fold_partition(df: Any, *, target: str, holdout: float, validation: float, seed: int,
+                   stratify: bool, time_column: str | None = None,
+                   cutoff: Any = None) -> Any:
+    """The fold of each row of one pandas partition (an int8 Series)."""
+    import pandas as pd
+
+    n = len(df)
+    folds = np.full(n, TRAIN, dtype=np.int8)
+    if n == 0:
+        return pd.Series(folds, index=df.index, name=FOLD)
+    hashed = pd.util.hash_pandas_object(df, index=False).to_numpy(dtype=np.uint64)
+    labels = df[target].to_numpy() if stratify else None
+    if time_column is not None:
+        is_holdout = (df[time_column] > cutoff).to_numpy(dtype=bool, na_value=False)
+    else:
+        is_holdout = _take(_uniform(_mix(hashed, seed)), labels, holdout, seed)
+    folds[is_holdout] = HOLDOUT
+    rest = np.flatnonzero(~is_holdout)
+    if len(rest):
+        u = _uniform(_mix(hashed[rest], seed + 7919))
+        valid = _take(u, None if labels is None else labels[rest], validation, seed + 7919)
+        folds[rest[valid]] = VALID
+    return pd.Series(folds, index=df.index, name=FOLD)
+
+
+def assign_folds(ddf: Any, *, target: str, task: str, holdout: float, validation: float,
+                 seed: int = 0, stratify: bool = True, time_column: str | None = None,
+                 cutoff: Any = None) -> Any:
+    """``ddf`` with a ``__fold__`` column (lazy).
+
+    Examples
+    --------
+    >>> framed = assign_folds(ddf, target="y", task="binary", holdout=0.2,
+    ...                       validation=0.1)                    # doctest: +SKIP
+    >>> train = framed[framed[FOLD] == TRAIN]                     # doctest: +SKIP
+    """
+    stratify = stratify and task != "regression"
+    meta = ddf._meta.assign(**{FOLD: np.array([], dtype=np.int8)})
+    # one map_partitions returning the frame with its fold: X, y and fold stay aligned
+    return ddf.map_partitions(
+        _with_fold, target=target, holdout=holdout, validation=validation, seed=seed,
+        stratify=stratify, time_column=time_column, cutoff=cutoff, meta=meta)
+
+
+def _with_fold(df: Any, **kwargs: Any) -> Any:
+    return df.assign(**{FOLD: fold_partition(df, **kwargs).to_numpy()})

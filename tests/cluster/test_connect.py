@@ -1,0 +1,125 @@
+"""Cluster selection order, the local cluster's settings, and clear failures."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from types import SimpleNamespace
+
+import pytest
+
+import cluster
+from cluster import ClusterError, InsecureClusterWarning
+
+
+@pytest.fixture(autouse=True)
+def no_env_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dask
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with dask.config.set({"scheduler-address": None}):
+        yield
+
+
+SPEC = {"module": "distributed", "class": "LocalCluster", "kwargs": {"n_workers": 1}}
+
+
+def test_selection_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    full = {"address": "tcp://10.1.1.1:8786", "scheduler_file": "/x.json", "spec": SPEC}
+    assert cluster.resolve(full, address="tcp://127.0.0.1:1").target == "tcp://127.0.0.1:1"
+    assert cluster.resolve(full).target == "tcp://10.1.1.1:8786"
+    assert cluster.resolve({**full, "address": None}).kind == "scheduler_file"
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:2")
+    choice = cluster.resolve({"spec": SPEC})
+    assert choice.kind == "environment" and choice.target == "tcp://127.0.0.1:2"
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
+    assert cluster.resolve({"spec": SPEC}).kind == "spec"
+    local = cluster.resolve({})
+    assert local.kind == "local" and local.kwargs["n_workers"] >= 1
+
+
+def test_local_sizing_respects_the_job() -> None:
+    assert cluster.resolve({"n_workers": 3}).kwargs["n_workers"] == 3
+    choice = cluster.resolve({"n_workers": 2, "threads_per_worker": 4})
+    assert (choice.kwargs["n_workers"], choice.kwargs["threads_per_worker"]) == (2, 4)
+
+
+def test_local_cluster_is_loopback_with_numba_settings() -> None:
+    with cluster.connect({"n_workers": 1, "threads_per_worker": 1}) as client:
+        info = cluster.describe(client)
+        assert info["scheduler"].startswith("tcp://127.0.0.1:")
+        assert "127.0.0.1" in info["dashboard"]
+        env = client.run(lambda: (os.environ.get("NUMBA_NUM_THREADS"),
+                                  os.environ.get("NUMBA_CACHE_DIR")))
+        (threads, cache_dir), = env.values()
+        assert threads == "1" and cache_dir and os.access(cache_dir, os.W_OK)
+        import dask
+
+        assert dask.config.get("distributed.scheduler.no-workers-timeout") == "60s"
+
+
+def test_job_dask_config_wins_over_defaults() -> None:
+    import dask
+
+    with cluster.connect({"n_workers": 1, "processes": False},
+                         dask_config={"distributed.scheduler.no-workers-timeout": "5s"}):
+        assert dask.config.get("distributed.scheduler.no-workers-timeout") == "5s"
+
+
+def test_cluster_spec_by_dotted_path() -> None:
+    spec = {"spec": {"module": "distributed", "class": "LocalCluster",
+                     "kwargs": {"n_workers": 0, "processes": False,
+                                "dashboard_address": "127.0.0.1:0"}, "scale": 1}}
+    with cluster.connect(spec) as client:
+        assert len(client.scheduler_info()["workers"]) == 1
+
+
+def test_bad_spec_module_is_clear() -> None:
+    with pytest.raises(ClusterError, match=r"dask_jobqueue.*mlpipe\[jobqueue\]"):
+        with cluster.connect({"spec": {"module": "dask_jobqueue", "class": "SLURMCluster"}}):
+            pass
+
+
+def test_unreachable_scheduler_fails_fast() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ClusterError, match="could not connect to the scheduler"):
+        with cluster.connect({"timeout": "2s"}, address=f"tcp://127.0.0.1:{port}"):
+            pass
+
+
+def test_scheduler_without_workers_fails_within_timeout() -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address="127.0.0.1:0") as lc:
+        with pytest.raises(ClusterError, match="has no workers after 2s"):
+            with cluster.connect({"timeout": "2s"}, address=lc.scheduler_address):
+                pass
+
+
+def test_plain_tcp_to_a_remote_host_warns() -> None:
+    with pytest.warns(InsecureClusterWarning, match="executes arbitrary code"):
+        cluster._warn_if_exposed("tcp://10.20.30.40:8786", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cluster._warn_if_exposed("tcp://127.0.0.1:8786", None)
+        cluster._warn_if_exposed("tls://10.20.30.40:8786", None)
+
+
+def test_version_mismatch_names_worker_and_package() -> None:
+    ours = {"mlpipe": "0.1.0", "xgboost": "3.2.0"}
+    fake = SimpleNamespace(get_versions=lambda packages: {
+        "client": {"packages": ours},
+        "workers": {"tcp://w1:1": {"packages": {**ours, "xgboost": "2.0.0"}},
+                    "tcp://w2:1": {"packages": ours}}})
+    with pytest.raises(ClusterError, match=r"tcp://w1:1: xgboost 2\.0\.0 \(here: 3\.2\.0\)"):
+        cluster.check_package_versions(fake, packages=("mlpipe", "xgboost"))
+    cluster.check_package_versions(fake, packages=("mlpipe",))
+
+
+def test_versions_of_a_real_cluster_match() -> None:
+    with cluster.connect({"n_workers": 1, "threads_per_worker": 1}) as client:
+        cluster.check_package_versions(client)

@@ -1,0 +1,129 @@
+"""Bundles: manifest last, every file verified, pointers flipped by compare-and-swap."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipeline import artifacts
+from pipeline.artifacts import BundleError, ConflictError
+
+
+@pytest.fixture(params=["file", "memory"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return str(tmp_path / "registry")
+    import uuid
+
+    return f"memory://registry-{uuid.uuid4().hex[:8]}"
+
+
+def write(root: str, run_id: str = "r1", files: dict | None = None) -> dict:
+    files = files or {"a.txt": b"hello", "b.bin": bytes(range(256))}
+    return artifacts.write_run(root, run_id, files, meta={"name": "m"})
+
+
+def test_round_trip(root: str) -> None:
+    manifest = write(root)
+    assert manifest["files"]["a.txt"]["size"] == 5
+    bundle = artifacts.open_bundle(artifacts.join(root, "runs", "r1"))
+    assert bundle.read("a.txt") == b"hello" and bundle.read("b.bin") == bytes(range(256))
+    assert bundle.manifest["versions"]["mlpipe"]
+    artifacts.publish(root, "m", manifest)
+    via_model = artifacts.open_bundle(artifacts.join(root, "models", "m"))
+    assert via_model.run_id == "r1"
+
+
+def test_tampered_file_is_refused(root: str) -> None:
+    write(root)
+    fs, base = artifacts.filesystem(artifacts.join(root, "runs", "r1"))
+    fs.pipe_file(artifacts.join(base, "a.txt"), b"hellO")
+    bundle = artifacts.open_bundle(artifacts.join(root, "runs", "r1"))
+    with pytest.raises(BundleError, match="does not match its manifest"):
+        bundle.read("a.txt")
+    assert bundle.read("b.bin")  # the untouched file still verifies
+
+
+def test_tampered_manifest_is_refused_through_the_pointer(root: str) -> None:
+    artifacts.publish(root, "m", write(root))
+    fs, base = artifacts.filesystem(artifacts.join(root, "runs", "r1"))
+    doc = json.loads(fs.cat_file(artifacts.join(base, "manifest.json")))
+    doc["files"]["a.txt"]["sha256"] = artifacts.sha256(b"other")
+    fs.pipe_file(artifacts.join(base, "manifest.json"), json.dumps(doc).encode())
+    with pytest.raises(BundleError, match="does not match the sha256 recorded"):
+        artifacts.open_bundle(artifacts.join(root, "models", "m"))
+
+
+def test_a_run_without_manifest_is_not_a_model(root: str) -> None:
+    fs, base = artifacts.filesystem(artifacts.join(root, "runs", "half"))
+    fs.makedirs(base, exist_ok=True)
+    fs.pipe_file(artifacts.join(base, "model.ubj"), b"partial")
+    with pytest.raises(BundleError, match="did not complete"):
+        artifacts.open_bundle(artifacts.join(root, "runs", "half"))
+    with pytest.raises(BundleError, match="no current version"):
+        artifacts.open_bundle(artifacts.join(root, "models", "m"))
+
+
+def test_manifest_is_create_once(root: str) -> None:
+    write(root)
+    with pytest.raises(FileExistsError):
+        write(root)
+
+
+def test_bad_urls() -> None:
+    with pytest.raises(BundleError, match="neither a run URL"):
+        artifacts.open_bundle("/tmp/somewhere/else")
+
+
+def test_publish_keeps_history_and_expected_run_guards(root: str) -> None:
+    for run_id in ("r1", "r2", "r3"):
+        artifacts.publish(root, "m", write(root, run_id))
+    fs, path = artifacts.filesystem(artifacts.join(root, "models", "m", "latest.json"))
+    doc = artifacts.read_pointer(fs, path).doc
+    assert doc["run_id"] == "r3" and doc["history"] == ["r2", "r1"]
+    sha = artifacts.open_bundle(artifacts.join(root, "runs", "r1")).manifest["_sha256"]
+    with pytest.raises(ConflictError, match="is at r3, not r2"):
+        artifacts.set_current(root, "m", "r1", manifest_sha256=sha, expected_run="r2")
+    artifacts.set_current(root, "m", "r1", manifest_sha256=sha, expected_run="r3")
+    assert artifacts.open_bundle(artifacts.join(root, "models", "m")).run_id == "r1"
+
+
+def test_concurrent_local_flips_lose_no_update(tmp_path: Path) -> None:
+    root = str(tmp_path / "reg")
+    manifests = [write(root, f"r{i}") for i in range(8)]
+    threads = [threading.Thread(target=artifacts.publish, args=(root, "m", m))
+               for m in manifests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fs, path = artifacts.filesystem(artifacts.join(root, "models", "m", "latest.json"))
+    doc = artifacts.read_pointer(fs, path).doc
+    # every flip saw the one before it: the current run plus a history of all others
+    assert sorted([doc["run_id"], *doc["history"]]) == sorted(f"r{i}" for i in range(8))
+
+
+def _double(x: object) -> object:
+    return x * 2  # type: ignore[operator]
+
+
+def test_skops_refuses_untrusted_types() -> None:
+    import numpy as np
+    from sklearn.preprocessing import FunctionTransformer
+
+    # an arbitrary function is code that skops would have to import and call: refused
+    with pytest.raises(BundleError, match="outside the trusted set"):
+        artifacts.dumps_skops(FunctionTransformer(func=_double).fit(np.ones((2, 1))))
+
+
+def test_atomic_write_local(tmp_path: Path) -> None:
+    fs, path = artifacts.filesystem(str(tmp_path / "d" / "f.json"))
+    artifacts.atomic_write(fs, path, b"1", create_once=True)
+    with pytest.raises(FileExistsError):
+        artifacts.atomic_write(fs, path, b"2", create_once=True)
+    artifacts.atomic_write(fs, path, b"3")
+    assert Path(path).read_bytes() == b"3"
+    assert [p.name for p in Path(path).parent.iterdir()] == ["f.json"]  # no temp left

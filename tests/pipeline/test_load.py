@@ -1,0 +1,158 @@
+"""Loading: file discovery, the schema contract on every header, and data validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import load
+from pipeline.load import DataError
+
+
+def frame(n: int = 100, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "x": rng.normal(size=n),
+        "k": rng.choice(["a", "b", "c"], n),
+        "y": rng.integers(0, 2, n),
+    })
+
+
+@pytest.fixture
+def parquet_dir(tmp_path: Path) -> Path:
+    for i in range(3):
+        frame(50, i).to_parquet(tmp_path / f"part-{i}.parquet", index=False)
+    (tmp_path / "_SUCCESS").write_text("")
+    return tmp_path
+
+
+def test_find_files_directory_glob_and_single(parquet_dir: Path) -> None:
+    src = load.find_files(str(parquet_dir))
+    assert src.format == "parquet" and len(src.files) == 3  # _SUCCESS skipped
+    assert load.find_files(str(parquet_dir / "part-1.parquet")).files == (
+        str(parquet_dir / "part-1.parquet"),)
+    assert len(load.find_files(str(parquet_dir / "part-[01].parquet")).files) == 2
+
+
+def test_fingerprint_changes_when_a_file_changes(parquet_dir: Path) -> None:
+    before = load.find_files(str(parquet_dir)).fingerprint
+    assert load.find_files(str(parquet_dir)).fingerprint == before
+    frame(60, 9).to_parquet(parquet_dir / "part-1.parquet", index=False)
+    assert load.find_files(str(parquet_dir)).fingerprint != before
+
+
+def test_no_files_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no data files at"):
+        load.find_files(str(tmp_path / "missing"))
+
+
+def test_contract_mismatch_names_file_and_column(parquet_dir: Path) -> None:
+    bad = frame(10).assign(x=lambda d: d["x"].astype(str))
+    bad.to_parquet(parquet_dir / "part-2.parquet", index=False)
+    src = load.find_files(str(parquet_dir))
+    headers = load.read_headers(src)
+    with pytest.raises(DataError) as info:
+        load.check_headers(headers, schema={"x": "float64", "k": "category", "y": "int64"},
+                           required=["y"])
+    assert "column 'x'" in str(info.value) and "part-2.parquet" in str(info.value)
+    assert "expected float64" in str(info.value)
+
+
+def test_contract_missing_column_names_file(parquet_dir: Path) -> None:
+    frame(10).drop(columns=["k"]).to_parquet(parquet_dir / "part-1.parquet", index=False)
+    headers = load.read_headers(load.find_files(str(parquet_dir)))
+    with pytest.raises(DataError, match=r"column 'k' .* missing from .*part-1\.parquet"):
+        load.check_headers(headers, schema={"x": "float64", "k": "category", "y": "int64"},
+                           required=["y"])
+
+
+def test_without_contract_files_must_agree(parquet_dir: Path) -> None:
+    frame(10).assign(extra=1).to_parquet(parquet_dir / "part-1.parquet", index=False)
+    headers = load.read_headers(load.find_files(str(parquet_dir)))
+    with pytest.raises(DataError, match=r"part-1\.parquet has other columns"):
+        load.check_headers(headers, schema=None, required=["y"])
+
+
+def test_missing_target_suggests(parquet_dir: Path) -> None:
+    headers = load.read_headers(load.find_files(str(parquet_dir)))
+    with pytest.raises(DataError, match=r"column 'yy' is not in the data .*did you mean 'y'"):
+        load.check_headers(headers, schema=None, required=["yy"])
+
+
+def test_csv_duplicate_columns_and_unreadable(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("x,x,y\n1,2,0\n")
+    with pytest.raises(DataError, match=r"a\.csv has duplicated column names \['x'\]"):
+        load.read_headers(load.find_files(str(tmp_path / "a.csv")))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"cannot read the header of .*bad\.parquet"):
+        load.read_headers(load.find_files(str(tmp_path / "bad.parquet")))
+
+
+def test_csv_read_applies_the_contract(tmp_path: Path) -> None:
+    frame(40).to_csv(tmp_path / "a.csv", index=False)
+    frame(40, 1).to_csv(tmp_path / "b.csv", index=False)
+    src = load.find_files(str(tmp_path))
+    assert src.format == "csv"
+    schema = {"x": "float64", "k": "category", "y": "int64"}
+    columns = load.check_headers(load.read_headers(src), schema=schema, required=["y"])
+    ddf = load.read(src, columns, schema=schema)
+    assert dict(ddf.dtypes.astype(str)) == schema
+    assert len(ddf.compute()) == 80
+
+
+def summarize(df: pd.DataFrame, task: str = "binary", **kw: object) -> load.Summary:
+    ddf = dd.from_pandas(df, npartitions=2)
+    return load.summarize(ddf, target="y", task=task, source="test.parquet", **kw)
+
+
+def test_summary_counts_rows_missing_classes_and_levels() -> None:
+    df = frame(200)
+    df.loc[:9, "x"] = np.nan
+    s = summarize(df)
+    assert s.rows == 200 and s.missing["x"] == 10
+    assert s.classes == [0, 1] and sum(s.class_counts.values()) == 200
+    assert set(s.levels["k"]) == {"a", "b", "c"}
+
+
+def test_positive_class_goes_last() -> None:
+    df = frame(50).assign(y=lambda d: np.where(d["y"] == 1, "yes", "no"))
+    assert summarize(df).classes == ["no", "yes"]
+    assert summarize(df, positive="no").classes == ["yes", "no"]
+    with pytest.raises(DataError, match="data.positive 'maybe' is not a class"):
+        summarize(df, positive="maybe")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "zero rows"),
+    ("nan_label", r"missing in 3 of 100 rows .*e\.g\. the row"),
+    ("inf_label", "infinite in 1 rows"),
+    ("one_class", "single class"),
+    ("three_classes", "use task: multiclass"),
+])
+def test_bad_data_is_refused(case: str, message: str) -> None:
+    df = frame(100).assign(y=lambda d: d["y"].astype(float))
+    if case == "empty":
+        df = df.iloc[:0]
+    elif case == "nan_label":
+        df.loc[[3, 50, 70], "y"] = np.nan
+    elif case == "inf_label":
+        df.loc[5, "y"] = np.inf
+    elif case == "one_class":
+        df["y"] = 1.0
+    elif case == "three_classes":
+        df.loc[:10, "y"] = 2.0
+    with pytest.raises(DataError, match=message):
+        summarize(df)
+
+
+def test_regression_target_must_be_numeric_and_vary() -> None:
+    with pytest.raises(DataError, match="must be numeric"):
+        summarize(frame(20).assign(y="a"), task="regression")
+    with pytest.raises(DataError, match="has one value"):
+        summarize(frame(20).assign(y=3.0), task="regression")
+    s = summarize(frame(20).assign(y=np.arange(20.0)), task="regression")
+    assert s.target_stats["min"] == 0 and s.target_stats["max"] == 19

@@ -1,0 +1,79 @@
+"""Distributed equals local: xgboost.dask on a 1-worker cluster predicts as XGBClassifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.train import fit_xgboost, xgb_params
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def one_worker():
+    import cluster
+
+    with cluster.connect({"n_workers": 1, "threads_per_worker": 2}) as client:
+        yield client
+
+
+def data(task: str, n: int = 4000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"a": rng.normal(size=n), "b": rng.exponential(size=n),
+                      "c": pd.Categorical(rng.choice(list("pqrs"), n))})
+    signal = X["a"] * 2 + np.log1p(X["b"]) + (X["c"] == "q") * 1.5 + rng.normal(0, 0.5, n)
+    if task == "regression":
+        return X, signal.to_numpy()
+    if task == "binary":
+        return X, (signal > signal.median()).to_numpy().astype(int)
+    return X, np.digitize(signal, np.quantile(signal, [0.33, 0.66]))
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_dask_training_matches_single_process(one_worker, task: str) -> None:
+    import dask.dataframe as dd
+    import xgboost
+
+    X, y = data(task)
+    params = {"n_estimators": 25, "max_depth": 4, "learning_rate": 0.3, "tree_method": "hist"}
+    n_classes = 3 if task == "multiclass" else 2
+    ddf = dd.from_pandas(X.assign(__y=y), npartitions=1).persist()
+    fit = fit_xgboost(ddf[["a", "b", "c"]], ddf["__y"], None, None, params=params, task=task,
+                      n_classes=n_classes, early_stopping_rounds=None, seed=0,
+                      client=one_worker)
+    ours = fit.booster.inplace_predict(X)
+
+    cls = xgboost.XGBRegressor if task == "regression" else xgboost.XGBClassifier
+    local = cls(**params, enable_categorical=True, random_state=0).fit(X, y)
+    theirs = local.predict(X) if task == "regression" else local.predict_proba(X)
+    if task == "binary":
+        theirs = theirs[:, 1]
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert fit.n_estimators == 25
+
+
+def test_xgb_params_translate_sklearn_names() -> None:
+    params, rounds = xgb_params({"n_estimators": 40, "learning_rate": 0.05, "n_jobs": 8,
+                                 "max_depth": 3}, task="multiclass", n_classes=4, seed=7)
+    assert rounds == 40
+    assert params["objective"] == "multi:softprob" and params["num_class"] == 4
+    assert params["learning_rate"] == 0.05 and params["max_depth"] == 3
+    assert params["random_state"] == 7
+    assert "nthread" not in params and "n_jobs" not in params  # the worker's threads decide
+
+
+def test_unknown_parameter_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="models.xgboost"):
+        xgb_params({"n_estimators": "many"}, task="binary", n_classes=2, seed=0)
+
+
+def test_misspelled_parameter_suggests() -> None:
+    with pytest.raises(ValueError, match="unknown parameter 'max_dept'.*did you mean 'max_depth'"):
+        xgb_params({"max_dept": 4}, task="binary", n_classes=2, seed=0)
+
+
+def test_bad_value_fails_before_training() -> None:
+    with pytest.raises(ValueError, match="XGBoost refuses these parameters"):
+        xgb_params({"max_depth": -3}, task="regression", n_classes=None, seed=0)

@@ -1,0 +1,147 @@
+"""End to end: the demo job on real clusters, with data and output on a real S3 endpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline import load_model
+from pipeline.artifacts import BundleError
+from pipeline.cli import main
+from pipeline.config import load_job
+from pipeline.run import run
+from tests.conftest import HOUSING_CSV, demo_job
+
+pytestmark = pytest.mark.integration
+
+
+def check_sample(result_url: str, storage_options: dict | None = None) -> None:
+    """The loaded model reproduces the predictions made during the run, exactly."""
+    import fsspec
+
+    model = load_model(result_url, storage_options)
+    with fsspec.open(f"{model_run_url(result_url)}/sample.parquet", "rb") as f:
+        sample = pd.read_parquet(f)
+    pred = model.predict_frame(sample)
+    for column in pred.columns:
+        expected = sample[f"__pred_{column}"].to_numpy()
+        if pred[column].dtype.kind == "f":
+            np.testing.assert_allclose(pred[column].to_numpy(), expected, rtol=0, atol=1e-7)
+        else:
+            assert (pred[column].to_numpy() == expected).all()
+
+
+def model_run_url(url: str) -> str:
+    from pipeline.artifacts import open_bundle
+
+    return open_bundle(url).url
+
+
+def test_demo_job_on_s3(client, bucket: str, demo_dir: Path) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.put(str(demo_dir) + "/", f"{bucket}/demo/", recursive=True)
+    job = load_job(demo_job(f"{bucket}/demo", f"{bucket}/mlpipe"))
+    result = run(job, client=client)
+    assert result.run_url.startswith(f"{bucket}/mlpipe/runs/")
+    assert result.headline["roc_auc"] > 0.7
+    assert fs.exists(f"{result.run_url}/manifest.json")
+    check_sample(result.model_url)
+    check_sample(result.run_url)
+    model = load_model(result.model_url)
+    assert model.run_id == result.run_id
+    sample = pd.read_parquet(demo_dir / "part-00000.parquet").head(50)
+    proba = model.predict_proba(sample)
+    assert proba.shape == (50, 2) and np.allclose(proba.sum(axis=1), 1)
+    with pytest.raises(ValueError, match="missing column 'income'"):
+        model.predict(sample.drop(columns=["income"]))
+
+
+def test_cli_run_through_scheduler_address(dask_processes: str, demo_dir: Path,
+                                           tmp_path: Path, capsys) -> None:
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(demo_job(str(demo_dir), str(tmp_path / "out"))))
+    code = main(["run", str(job_file), "--scheduler", dask_processes,
+                 "--set", "models.xgboost.n_estimators=10"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "roc_auc" in out.out and f"model: {tmp_path / 'out'}/models/demo" in out.out
+    check_sample(str(tmp_path / "out" / "models" / "demo"))
+
+
+def test_bad_data_fails_clearly_and_publishes_nothing(client, tmp_path: Path, capsys) -> None:
+    from pipeline.demo import make_partition
+
+    data = tmp_path / "one_class.parquet"
+
+    make_partition(0, 500).assign(default=1).to_parquet(data, index=False)
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(demo_job(str(data), str(tmp_path / "out"))))
+    code = main(["run", str(job_file), "--n-workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "single class" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "models").exists()
+    assert not list((tmp_path / "out").glob("runs/*/manifest.json"))
+
+
+def test_bad_job_file_exits_non_zero(tmp_path: Path, capsys) -> None:
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text("name: x\ndata: {train: a, target: y, task: binery}\noutput: o\n")
+    assert main(["run", str(job_file)]) == 1
+    err = capsys.readouterr().err
+    assert "data.task" in err and "Traceback" not in err
+
+
+def test_memory_urls_need_a_threaded_cluster(client, tmp_path: Path, demo_dir: Path) -> None:
+    job = load_job(demo_job(str(demo_dir), "memory://mlpipe-out"))
+    with pytest.raises(ValueError, match="separate processes"):
+        run(job, client=client)
+    threaded = load_job(demo_job(str(demo_dir), "memory://mlpipe-out",
+                                 cluster={"n_workers": 1, "processes": False}))
+    result = run(threaded)
+    check_sample(result.model_url)
+
+
+def test_tampered_model_is_refused(client, tmp_path: Path, demo_dir: Path) -> None:
+    job = load_job(demo_job(str(demo_dir), str(tmp_path / "out"),
+                            models={"xgboost": {"n_estimators": 5}}))
+    result = run(job, client=client)
+    model_file = Path(result.run_url) / "model.ubj"
+    raw = bytearray(model_file.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    model_file.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="does not match its manifest"):
+        load_model(result.model_url)
+
+
+def test_multiclass_job(client, tmp_path: Path, demo_dir: Path) -> None:
+    job = load_job(demo_job(str(demo_dir), str(tmp_path / "out"),
+                            name="grades"), ["data.target=grade", "data.task=multiclass",
+                                             "data.drop=[applied_at, credit_score, interest_rate]"])
+    result = run(job, client=client)
+    assert result.headline["accuracy"] > 0.3
+    model = load_model(result.model_url)
+    assert model.classes == ["A", "B", "C", "D", "E"]
+    check_sample(result.model_url)
+
+
+def test_california_housing_regression_from_csv(client, tmp_path: Path) -> None:
+    job = load_job({
+        "name": "housing",
+        "data": {"train": str(HOUSING_CSV), "target": "median_house_value",
+                 "task": "regression"},
+        "models": {"xgboost": {"n_estimators": 60, "max_depth": 6}},
+        "output": str(tmp_path / "out"),
+    })
+    result = run(job, client=client)
+    assert result.headline["rmse"] < 60_000  # a mean predictor scores about 115,000
+    metrics = json.loads((Path(result.run_url) / "metrics.json").read_text())
+    assert metrics["rows"]["total"] == 20_640
+    check_sample(result.model_url)
