@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
-from typing import Any
 
 import click
 
+from pipeline.cli_common import cluster_options, cluster_overrides, cluster_spec
 from pipeline.config import JobError
 
 logger = logging.getLogger("pipeline")
@@ -28,31 +26,6 @@ def _setup_logging(verbose: bool) -> None:
         log.handlers[:] = [handler]
         log.setLevel(logging.DEBUG if verbose else logging.INFO)
         log.propagate = False
-
-
-def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The cluster options every cluster-using command takes (they override the job's)."""
-
-    @click.option("--scheduler", "scheduler", metavar="ADDRESS", default=None,
-                  help="Use the existing Dask cluster at this address (tcp://host:8786).")
-    @click.option("--n-workers", type=int, default=None,
-                  help="Workers of the local cluster (default: sized to this machine).")
-    @click.option("--threads-per-worker", type=int, default=None,
-                  help="Threads per local worker.")
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return func(*args, **kwargs)
-
-    return wrapper
-
-
-def _cluster_overrides(n_workers: int | None, threads: int | None) -> list[str]:
-    out = []
-    if n_workers:
-        out.append(f"cluster.n_workers={n_workers}")
-    if threads:
-        out.append(f"cluster.threads_per_worker={threads}")
-    return out
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,7 +58,7 @@ def run(job_file: str, overrides: tuple[str, ...], scheduler: str | None,
     from pipeline.config import load_job
     from pipeline.run import run as run_job
 
-    job = load_job(job_file, [*overrides, *_cluster_overrides(n_workers, threads_per_worker)])
+    job = load_job(job_file, [*overrides, *cluster_overrides(n_workers, threads_per_worker)])
     result = run_job(job, address=scheduler)
     click.echo("")
     click.echo(result.table())
@@ -146,14 +119,31 @@ def demo_data(out: str, rows: int, seed: int, rows_per_part: int, scheduler: str
     import cluster
     from pipeline.demo import write_demo_data
 
-    spec = {"n_workers": n_workers, "threads_per_worker": threads_per_worker}
-    with cluster.connect(spec, address=scheduler) as client:
+    with cluster.connect(cluster_spec(n_workers, threads_per_worker),
+                         address=scheduler) as client:
         logger.info("dashboard: %s", client.dashboard_link)
         start = time.perf_counter()
         info = write_demo_data(out, rows, seed=seed, rows_per_part=rows_per_part)
         logger.info("[%6.1fs] wrote %s rows in %s parts", time.perf_counter() - start,
                     f"{info['rows']:,}", info["parts"])
     click.echo(json.dumps(info))
+
+
+# --------------------------------------------------------------------------- more commands
+
+
+def _add_commands() -> None:
+    """Commands defined in their own modules (click only at their top level: fast --help)."""
+    import importlib
+
+    for module in COMMAND_MODULES:
+        for command in importlib.import_module(module).COMMANDS:
+            cli.add_command(command)
+
+
+#: modules with a ``COMMANDS`` list of click commands.
+COMMAND_MODULES: list[str] = []
+_add_commands()
 
 
 # --------------------------------------------------------------------------- entry point
