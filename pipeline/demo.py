@@ -33,7 +33,7 @@ CHANNELS = ["web", "branch", "broker"]
 GRADES = ["A", "B", "C", "D", "E"]
 N_BRANCHES = 2000
 N_EMPLOYERS = 20000
-N_CUSTOMERS = 5_000_000
+N_CUSTOMERS = 200_000
 START = np.datetime64("2023-01-01T00:00:00", "s")
 SPAN_S = 2 * 365 * 24 * 3600
 

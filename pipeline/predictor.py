@@ -173,10 +173,10 @@ class Predictor:
 
 def encode_labels(y: pd.Series, classes: Sequence[Any]) -> np.ndarray:
     """Map labels to codes in ``classes`` order; a label not in ``classes`` is an error."""
-    codes = pd.Categorical(y.to_numpy(), categories=list(classes)).codes.astype(np.int64)
+    codes = pd.Index(list(classes)).get_indexer(y.to_numpy()).astype(np.int64)
     if (codes < 0).any():  # e.g. labels read as text for classes stored as numbers
-        codes = pd.Categorical(y.astype("str").to_numpy(),
-                               categories=[str(c) for c in classes]).codes.astype(np.int64)
+        codes = pd.Index([str(c) for c in classes]).get_indexer(
+            y.astype("str").to_numpy()).astype(np.int64)
     if (codes < 0).any():
         bad = y.to_numpy()[codes < 0][0]
         raise ValueError(f"label {bad!r} of {y.name!r} is not one of the classes {list(classes)}")

@@ -1,24 +1,29 @@
 """Preprocessing transformers that work the same on pandas and on dask DataFrames.
 
 Every step is a scikit-learn transformer: ``__init__`` stores parameters, ``fit`` validates,
-computes its statistics (on a dask frame: in one ``dask.compute``) and ends learned state in
-``_``; ``transform`` is one pandas function applied directly to a pandas frame or lazily with
-``map_partitions`` to a dask frame, whose ``meta`` comes from running the same function on the
-empty ``_meta`` frame. So scoring, serving and training run the same code, and the fitted
+computes its statistics (on a dask frame: in one ``dask.compute``; exact quantiles take a few
+more passes over the persisted data) and ends learned state in ``_``; ``transform`` is one pandas
+function applied directly to a pandas frame or lazily with ``map_partitions`` to a dask frame
+(see :mod:`pipeline.frames`). So scoring, serving and training run the same code, and the fitted
 state holds only plain values and numpy arrays (saved with skops, never pickle).
 
-The input policy (documented in README.md, applied by :class:`InputSchema` and the encoders):
+The input policy (README.md), applied by :class:`InputSchema` and the encoders:
 
 - a missing input column is an error naming it;
 - extra columns are ignored (and reported by :meth:`InputSchema.report`);
 - columns are put in training order and coerced to the training dtypes;
 - a category never seen in training is treated as missing (or joins the pooled ``__rare__``
   level where a column pools rare levels), and counted.
+
+Which steps a model gets is decided in :func:`build_preprocessor`: a prefix shared by every
+model family (schema, cleaning, declared features and encodings), then a tail for the family
+(imputation where the family cannot take missing values, encoding of the remaining categorical
+columns, scaling where the family needs it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +31,10 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-#: the label given to pooled rare levels (onehot, native).
+from pipeline.frames import apply, compute, is_dask, meta_of, reduce_partitions, row_hash
+from pipeline.frames import value_counts as _value_counts
+
+#: the label given to pooled rare levels (native, ordinal, onehot).
 RARE = "__rare__"
 
 
@@ -34,56 +42,175 @@ class SchemaError(ValueError):
     """Input data that does not match what the model was trained on."""
 
 
-def is_dask(X: Any) -> bool:
-    return hasattr(X, "map_partitions") and hasattr(X, "_meta")
+def is_categorical(dtype: Any) -> bool:
+    """Text, categorical and boolean columns are encoded; the rest are numbers."""
+    return (isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype)
+            or pd.api.types.is_object_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
 
 
-def apply(X: Any, func: Callable[[pd.DataFrame], Any]) -> Any:
-    """``func`` on a pandas frame, or lazily per partition of a dask frame.
+def numeric_columns(meta: pd.DataFrame) -> list[str]:
+    return [c for c in meta.columns if not is_categorical(meta[c].dtype)
+            and pd.api.types.is_numeric_dtype(meta[c].dtype)]
 
-    The dask ``meta`` is ``func`` run on the empty ``_meta`` frame, so it is exactly what the
-    partitions will hold (every transform must accept an empty frame).
+
+def categorical_columns(meta: pd.DataFrame) -> list[str]:
+    return [c for c in meta.columns if is_categorical(meta[c].dtype)]
+
+
+def as_text(values: pd.Series) -> pd.Series:
+    """Levels as strings, missing kept missing (categoricals, numbers-as-codes, bools)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype(object)
+    return values.astype("str").where(values.notna())
+
+
+def codes_of(values: pd.Series, vocabulary: np.ndarray) -> np.ndarray:
+    """Position of each value in ``vocabulary`` (int64; -1 for missing or unknown)."""
+    return pd.Index(vocabulary).get_indexer(as_text(values)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- exact quantiles
+
+_DIGIT_BITS = 16
+_COLLECT = 20_000  # once a bucket holds at most this many values, fetch them and finish
+
+
+def _orderable(x: np.ndarray) -> np.ndarray:
+    """float64 -> uint64 keys with the same order (IEEE-754 sign-magnitude made monotone)."""
+    bits = np.ascontiguousarray(x, dtype=np.float64).view(np.uint64)
+    negative = (bits >> np.uint64(63)).astype(bool)
+    return np.where(negative, ~bits, bits | np.uint64(1 << 63))
+
+
+def exact_quantiles(X: Any, wanted: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray]:
+    """Exact quantiles (numpy's "linear" method) of numeric columns of a pandas or dask frame.
+
+    Radix selection on the order-preserving 64-bit keys of the values: each pass counts the
+    next 16 bits of the keys that share the already-known prefix, in one ``dask.compute`` for
+    every column and quantile together; once the bucket holding a wanted order statistic has
+    at most ``_COLLECT`` values they are fetched and the answer read off. Typically 2-3 passes
+    over the (persisted) data; nothing but digit counts and a few small buckets reach the
+    driver. The result depends only on the values, never on the partitioning, so a dask fit
+    equals a pandas fit. NaN are ignored; a column with no values gives NaN.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"a": [3.0, 1.0, 2.0, np.nan, 10.0]})
+    >>> exact_quantiles(df, {"a": [0.0, 0.5, 1.0]})["a"].tolist()
+    [1.0, 2.5, 10.0]
     """
-    if is_dask(X):
-        return X.map_partitions(func, meta=func(X._meta))
-    return func(X)
-
-
-def compute(*values: Any) -> tuple[Any, ...]:
-    """One ``dask.compute`` for lazy values; pandas values pass through."""
-    if any(is_dask(v) or hasattr(v, "dask") for v in _leaves(values)):
-        import dask
-
-        return dask.compute(*values)
-    return values
-
-
-def value_counts(series: Any) -> Any:
-    """Level counts (missing excluded) of a pandas or dask Series.
-
-    On dask, a tree reduction into one partition (``split_out=1``): level tables are small,
-    and dask would otherwise pick a shuffle for them.
-    """
-    if is_dask(series):
-        return series.value_counts(dropna=True, split_out=1)
-    return series.value_counts(dropna=True)
-
-
-def _leaves(values: Any) -> list[Any]:
-    out = []
-    for v in values:
-        if isinstance(v, Mapping):
-            out.extend(_leaves(list(v.values())))
-        elif isinstance(v, list | tuple):
-            out.extend(_leaves(v))
-        else:
-            out.append(v)
+    columns = [c for c in wanted if len(wanted[c])]
+    if not columns:
+        return {}
+    (counts,) = compute({c: X[c].count() for c in columns})
+    ranks = {c: _ranks(int(counts[c]), wanted[c]) for c in columns}
+    # per (column, rank): [prefix, known bits, rank inside the bucket, bucket size]
+    state = {(c, r): [0, 0, r, int(counts[c])] for c in columns for r in ranks[c]}
+    found: dict[tuple[str, int], float] = {}
+    while len(found) < len(state):
+        open_ = {k: v for k, v in state.items() if k not in found}
+        collect = sorted({(c, p, b) for (c, _), (p, b, _, n) in open_.items() if n <= _COLLECT})
+        histo = sorted({(c, p, b) for (c, _), (p, b, _, n) in open_.items() if n > _COLLECT})
+        lazy = {}
+        if histo:
+            lazy["hist"] = reduce_partitions(
+                X[sorted({c for c, _, _ in histo})],
+                lambda df, h=tuple(histo): _histograms(df, h), _merge_histograms)
+        if collect:
+            lazy["values"] = reduce_partitions(
+                X[sorted({c for c, _, _ in collect})],
+                lambda df, v=tuple(collect): _bucket_values(df, v), _merge_values)
+        (got,) = compute(lazy)
+        for key, (prefix, bits, rank, size) in open_.items():
+            request = (key[0], prefix, bits)
+            if size <= _COLLECT:
+                found[key] = float(np.sort(got["values"][request])[rank])
+                continue
+            digits, cnt = got["hist"][request]
+            cum = np.cumsum(cnt)
+            i = int(np.searchsorted(cum, rank, side="right"))
+            below = int(cum[i - 1]) if i else 0
+            bits += _DIGIT_BITS
+            prefix |= int(digits[i]) << (64 - bits)
+            state[key] = [prefix, bits, rank - below, int(cnt[i])]
+            if bits == 64:
+                found[key] = float(_from_key(np.array([prefix], dtype=np.uint64))[0])
+    out = {}
+    for c in columns:
+        n = int(counts[c])
+        values = []
+        for q in wanted[c]:
+            if not n:
+                values.append(np.nan)
+                continue
+            h = (n - 1) * float(q)
+            lo, hi = found[(c, int(np.floor(h)))], found[(c, int(np.ceil(h)))]
+            frac = h - np.floor(h)
+            values.append(lo if frac == 0 or lo == hi else lo + (hi - lo) * frac)
+        out[c] = np.array(values, dtype=np.float64)
     return out
 
 
-def _is_categorical(dtype: Any) -> bool:
-    return (isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype)
-            or pd.api.types.is_object_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
+def _ranks(n: int, quantiles: Sequence[float]) -> set[int]:
+    """The order statistics (0-based) that linear interpolation at ``quantiles`` needs."""
+    out: set[int] = set()
+    for q in quantiles if n else ():
+        h = (n - 1) * float(q)
+        out |= {int(np.floor(h)), int(np.ceil(h))}
+    return out
+
+
+def _from_key(keys: np.ndarray) -> np.ndarray:
+    top = (keys >> np.uint64(63)).astype(bool)
+    bits = np.where(top, keys & ~np.uint64(1 << 63), ~keys)
+    return bits.view(np.float64)
+
+
+def _matching(values: pd.Series, prefix: int, bits: int) -> np.ndarray:
+    x = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    keys = _orderable(x[~np.isnan(x)])
+    if bits:
+        keys = keys[(keys >> np.uint64(64 - bits)) == np.uint64(prefix >> (64 - bits))]
+    return keys
+
+
+def _histograms(df: pd.DataFrame, requests: tuple) -> dict:
+    out = {}
+    for c, prefix, bits in requests:
+        keys = _matching(df[c], prefix, bits)
+        digits = (keys >> np.uint64(64 - bits - _DIGIT_BITS)) & np.uint64(0xFFFF)
+        out[(c, prefix, bits)] = np.unique(digits.astype(np.int64), return_counts=True)  # sorted
+    return out
+
+
+def _merge_histograms(*parts: dict) -> dict:
+    out: dict = {}
+    for part in parts:
+        for key, (digits, counts) in part.items():
+            if key in out:
+                d, c = out[key]
+                digits, inverse = np.unique(np.concatenate([d, digits]), return_inverse=True)
+                merged = np.zeros(len(digits), dtype=np.int64)
+                np.add.at(merged, inverse, np.concatenate([c, counts]))
+                out[key] = (digits, merged)
+            else:
+                out[key] = (digits, counts.astype(np.int64))
+    return out
+
+
+def _bucket_values(df: pd.DataFrame, requests: tuple) -> dict:
+    out = {}
+    for c, prefix, bits in requests:
+        out[(c, prefix, bits)] = _from_key(_matching(df[c], prefix, bits))
+    return out
+
+
+def _merge_values(*parts: dict) -> dict:
+    out: dict = {}
+    for part in parts:
+        for key, values in part.items():
+            out[key] = np.concatenate([out[key], values]) if key in out else values
+    return out
 
 
 # --------------------------------------------------------------------------- input schema
@@ -108,7 +235,7 @@ class InputSchema(TransformerMixin, BaseEstimator):
         self.columns = columns
 
     def fit(self, X: Any, y: Any = None) -> InputSchema:
-        meta = X._meta if is_dask(X) else X
+        meta = meta_of(X)
         columns = list(self.columns) if self.columns is not None else list(meta.columns)
         missing = [c for c in columns if c not in meta.columns]
         if missing:
@@ -121,7 +248,7 @@ class InputSchema(TransformerMixin, BaseEstimator):
                 kinds.append("bool")
             elif pd.api.types.is_datetime64_any_dtype(dtype):
                 kinds.append("datetime")
-            elif _is_categorical(dtype):
+            elif is_categorical(dtype):
                 kinds.append("category")
             else:
                 kinds.append("number")
@@ -131,7 +258,7 @@ class InputSchema(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "columns_")
-        meta = X._meta if is_dask(X) else X
+        meta = meta_of(X)
         missing = [c for c in self.columns_ if c not in meta.columns]
         if missing:
             raise SchemaError(
@@ -147,12 +274,13 @@ class InputSchema(TransformerMixin, BaseEstimator):
             if kind == "number":
                 out[column] = _to_float(values, column)
             elif kind == "bool":
-                out[column] = values.astype("boolean") if values.dtype != bool else values
+                out[column] = values if values.dtype == bool else values.astype("boolean")
             elif kind == "datetime":
                 out[column] = pd.to_datetime(values, errors="coerce")
+            elif isinstance(values.dtype, pd.CategoricalDtype):
+                out[column] = values
             else:
-                out[column] = values.astype("str").where(values.notna()) \
-                    if not isinstance(values.dtype, pd.CategoricalDtype) else values
+                out[column] = as_text(values)
         return pd.DataFrame(out, index=df.index)
 
     def report(self, df: pd.DataFrame) -> dict[str, Any]:
@@ -183,7 +311,281 @@ def _to_float(values: pd.Series, column: str) -> pd.Series:
     return converted.astype("float64")
 
 
-# --------------------------------------------------------------------------- native categoricals
+# --------------------------------------------------------------------------- cleaning
+
+
+class ColumnCleaner(TransformerMixin, BaseEstimator):
+    """Drop columns that cannot help: all missing, or a single value. Every drop is recorded.
+
+    Parameters
+    ----------
+    drop_constant, drop_all_missing
+        Which kinds of useless columns to drop.
+    protect
+        Columns never dropped (those the job names in features or encodings).
+
+    Attributes
+    ----------
+    dropped_ : list of {"column", "reason"}
+        What was dropped and why (reported in metrics.json and the report).
+    """
+
+    def __init__(self, drop_constant: bool = True, drop_all_missing: bool = True,
+                 protect: Sequence[str] = ()) -> None:
+        self.drop_constant = drop_constant
+        self.drop_all_missing = drop_all_missing
+        self.protect = protect
+
+    def fit(self, X: Any, y: Any = None) -> ColumnCleaner:
+        meta = meta_of(X)
+        numbers = numeric_columns(meta)
+        lazy = {"count": {c: X[c].count() for c in meta.columns},
+                "min": {c: X[c].min() for c in numbers},
+                "max": {c: X[c].max() for c in numbers},
+                "levels": {c: _value_counts(as_text_lazy(X[c])).shape[0]
+                           for c in categorical_columns(meta)}}
+        (got,) = compute(lazy)
+        dropped = []
+        for c in meta.columns:
+            if c in set(self.protect):  # named elsewhere in the job: keep, the job decides
+                continue
+            if self.drop_all_missing and int(got["count"][c]) == 0:
+                dropped.append({"column": c, "reason": "all values missing"})
+            elif self.drop_constant and c in got["min"] and got["min"][c] == got["max"][c]:
+                dropped.append({"column": c, "reason": f"constant ({got['min'][c]})"})
+            elif self.drop_constant and c in got["levels"] and int(got["levels"][c]) <= 1:
+                dropped.append({"column": c, "reason": "a single level"})
+        self.dropped_ = dropped
+        drop = {d["column"] for d in dropped}
+        self.columns_ = np.array([c for c in meta.columns if c not in drop], dtype=object)
+        return self
+
+    def transform(self, X: Any) -> Any:
+        check_is_fitted(self, "columns_")
+        columns = list(self.columns_)
+        return apply(X, lambda df: df[columns])
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        return self.columns_.copy()
+
+
+def as_text_lazy(series: Any) -> Any:
+    """:func:`as_text` on a pandas or dask Series."""
+    if is_dask(series):
+        return series.map_partitions(as_text, meta=as_text(series._meta))
+    return as_text(series)
+
+
+class QuantileClipper(TransformerMixin, BaseEstimator):
+    """Clip numeric columns at quantiles learned on the training data (exact quantiles).
+
+    Parameters
+    ----------
+    lower, upper
+        Quantiles, e.g. 0.001 and 0.999.
+    columns
+        Numeric columns to clip (``None``: all numeric columns).
+    """
+
+    def __init__(self, lower: float = 0.001, upper: float = 0.999,
+                 columns: Sequence[str] | None = None) -> None:
+        self.lower = lower
+        self.upper = upper
+        self.columns = columns
+
+    def fit(self, X: Any, y: Any = None) -> QuantileClipper:
+        meta = meta_of(X)
+        columns = list(self.columns) if self.columns is not None else numeric_columns(meta)
+        _require(columns, meta, "preprocess.clip.columns", numeric=True)
+        q = exact_quantiles(X, {c: [self.lower, self.upper] for c in columns})
+        self.bounds_ = {c: (float(q[c][0]), float(q[c][1])) for c in columns}
+        return self
+
+    def transform(self, X: Any) -> Any:
+        check_is_fitted(self, "bounds_")
+        return apply(X, self._transform)
+
+    def _transform(self, df: pd.DataFrame) -> pd.DataFrame:
+        out = df.copy()
+        for c, (lo, hi) in self.bounds_.items():
+            out[c] = df[c].clip(lo, hi)
+        return out
+
+
+def _require(columns: Sequence[str], meta: pd.DataFrame, where: str, *,
+             numeric: bool | None = None) -> None:
+    """Declared columns exist and have the right kind: errors before any compute."""
+    for c in columns:
+        if c not in meta.columns:
+            import difflib
+
+            close = difflib.get_close_matches(c, [str(x) for x in meta.columns], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SchemaError(f"{where} names {c!r}, which is not a column here{hint}")
+        if numeric is True and is_categorical(meta[c].dtype):
+            raise SchemaError(f"{where} names {c!r}, a {meta[c].dtype} column; it needs a "
+                              "numeric column")
+        if numeric is False and not is_categorical(meta[c].dtype):
+            raise SchemaError(f"{where} names {c!r}, a numeric ({meta[c].dtype}) column; an "
+                              "encoding applies to categorical/text columns (cast it with "
+                              "data.schema: {col: category} if its numbers are codes)")
+
+
+# --------------------------------------------------------------------------- imputation
+
+
+class Imputer(TransformerMixin, BaseEstimator):
+    """Fill missing values by column kind, with per-column exceptions and indicators.
+
+    Parameters
+    ----------
+    numeric
+        ``mean``, ``median`` (exact), ``most_frequent``, ``constant`` or ``none``.
+    categorical
+        ``most_frequent``, ``constant`` or ``none``.
+    fill_value
+        The value of the ``constant`` strategies (numbers get it as a float, text as a string).
+    columns
+        ``{column: {"strategy": ..., "value": ...}}`` exceptions.
+    indicators
+        Add a ``<column>__missing`` 0/1 column for each column that had missing values in
+        training.
+    """
+
+    def __init__(self, numeric: str = "median", categorical: str = "constant",
+                 fill_value: Any = 0, columns: Mapping[str, Mapping[str, Any]] | None = None,
+                 indicators: bool = False) -> None:
+        self.numeric = numeric
+        self.categorical = categorical
+        self.fill_value = fill_value
+        self.columns = columns
+        self.indicators = indicators
+
+    def _strategy(self, column: str, categorical: bool) -> tuple[str, Any]:
+        declared = (self.columns or {}).get(column)
+        if declared is not None:
+            return declared["strategy"], declared.get("value")
+        if categorical:
+            value = self.fill_value if isinstance(self.fill_value, str) else "__missing__"
+            return self.categorical, value
+        return self.numeric, self.fill_value
+
+    def fit(self, X: Any, y: Any = None) -> Imputer:
+        meta = meta_of(X)
+        _require(list(self.columns or {}), meta, "preprocess.impute.columns")
+        plan = {}
+        for c in meta.columns:
+            categorical = is_categorical(meta[c].dtype)
+            strategy, value = self._strategy(c, categorical)
+            if categorical and strategy in ("mean", "median"):
+                raise SchemaError(f"preprocess.impute: {strategy} of {c!r}, a categorical "
+                                  "column; use most_frequent or constant")
+            plan[c] = (strategy, value)
+        lazy: dict[str, Any] = {"missing": {c: X[c].isna().sum() for c in meta.columns}}
+        lazy["mean"] = {c: X[c].mean() for c, (s, _) in plan.items() if s == "mean"}
+        lazy["mode"] = {c: _value_counts(as_text_lazy(X[c]) if is_categorical(meta[c].dtype)
+                                         else X[c])
+                        for c, (s, _) in plan.items() if s == "most_frequent"}
+        (got,) = compute(lazy)
+        medians = exact_quantiles(X, {c: [0.5] for c, (s, _) in plan.items() if s == "median"})
+        stats: dict[str, Any] = {}
+        for c, (strategy, value) in plan.items():
+            if strategy == "none" or int(got["missing"][c]) == 0 and strategy != "constant":
+                continue
+            if strategy == "mean":
+                stats[c] = float(got["mean"][c])
+            elif strategy == "median":
+                stats[c] = float(medians[c][0])
+            elif strategy == "most_frequent":
+                counts = got["mode"][c]
+                if len(counts) == 0:
+                    continue
+                top = counts.max()
+                # ties broken by the smallest value, as scikit-learn's SimpleImputer does
+                winner = sorted(counts[counts == top].index.tolist(), key=_order_key)[0]
+                stats[c] = winner if is_categorical(meta[c].dtype) else float(winner)
+            else:
+                stats[c] = (str(value) if is_categorical(meta[c].dtype)
+                            else float(value if value is not None else 0.0))
+        self.statistics_ = {c: v for c, v in stats.items() if not _is_nan(v)}
+        self.indicator_columns_ = np.array(
+            [c for c in meta.columns if self.indicators and int(got["missing"][c]) > 0],
+            dtype=object)
+        return self
+
+    def transform(self, X: Any) -> Any:
+        check_is_fitted(self, "statistics_")
+        return apply(X, self._transform)
+
+    def _transform(self, df: pd.DataFrame) -> pd.DataFrame:
+        out = df.copy()
+        for c in self.indicator_columns_:
+            out[f"{c}__missing"] = df[c].isna().astype(np.uint8)
+        for c, value in self.statistics_.items():
+            if isinstance(df[c].dtype, pd.CategoricalDtype) and value not in \
+                    df[c].cat.categories:
+                out[c] = df[c].cat.add_categories([value]).fillna(value)
+            else:
+                out[c] = df[c].fillna(value)
+        return out
+
+
+def _order_key(value: Any) -> tuple:
+    return (0, value) if isinstance(value, int | float) else (1, str(value))
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and np.isnan(value)
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+class Scaler(TransformerMixin, BaseEstimator):
+    """Scale numeric columns: ``standard`` (mean/std), ``minmax`` or ``robust`` (median/IQR).
+
+    Constant columns are left centred (scale 1), as scikit-learn does.
+    """
+
+    def __init__(self, method: str = "standard", columns: Sequence[str] | None = None) -> None:
+        self.method = method
+        self.columns = columns
+
+    def fit(self, X: Any, y: Any = None) -> Scaler:
+        meta = meta_of(X)
+        columns = list(self.columns) if self.columns is not None else numeric_columns(meta)
+        if self.method not in ("standard", "minmax", "robust"):
+            raise ValueError(f"preprocess.scale: unknown method {self.method!r}")
+        if self.method == "standard":
+            (got,) = compute({"mean": {c: X[c].mean() for c in columns},
+                              "std": {c: X[c].std(ddof=0) for c in columns}})
+            center = {c: float(got["mean"][c]) for c in columns}
+            scale = {c: float(got["std"][c]) for c in columns}
+        elif self.method == "minmax":
+            (got,) = compute({"min": {c: X[c].min() for c in columns},
+                              "max": {c: X[c].max() for c in columns}})
+            center = {c: float(got["min"][c]) for c in columns}
+            scale = {c: float(got["max"][c]) - float(got["min"][c]) for c in columns}
+        else:
+            q = exact_quantiles(X, {c: [0.25, 0.5, 0.75] for c in columns})
+            center = {c: float(q[c][1]) for c in columns}
+            scale = {c: float(q[c][2] - q[c][0]) for c in columns}
+        self.center_ = {c: (0.0 if np.isnan(v) else v) for c, v in center.items()}
+        self.scale_ = {c: (1.0 if not np.isfinite(v) or v == 0 else v) for c, v in scale.items()}
+        return self
+
+    def transform(self, X: Any) -> Any:
+        check_is_fitted(self, "scale_")
+        return apply(X, self._transform)
+
+    def _transform(self, df: pd.DataFrame) -> pd.DataFrame:
+        out = df.copy()
+        for c, scale in self.scale_.items():
+            out[c] = (df[c].astype(np.float64) - self.center_[c]) / scale
+        return out
+
+
+# --------------------------------------------------------------------------- encoding
 
 
 class NativeCategorical(TransformerMixin, BaseEstimator):
@@ -191,14 +593,8 @@ class NativeCategorical(TransformerMixin, BaseEstimator):
 
     Levels seen fewer than ``min_frequency`` times, or beyond the ``max_levels`` most frequent,
     are pooled into one ``__rare__`` level. A level never seen in training becomes missing
-    (XGBoost's own behaviour, made explicit) and is counted by :meth:`unseen`.
-
-    Parameters
-    ----------
-    columns
-        Columns to encode (``None``: every text/categorical column).
-    max_levels, min_frequency
-        Pooling of rare levels.
+    (XGBoost's own behaviour, made explicit), or ``__rare__`` when the column pools, and is
+    counted by :meth:`unseen`.
     """
 
     def __init__(self, columns: Sequence[str] | None = None, max_levels: int = 1000,
@@ -208,15 +604,13 @@ class NativeCategorical(TransformerMixin, BaseEstimator):
         self.min_frequency = min_frequency
 
     def fit(self, X: Any, y: Any = None) -> NativeCategorical:
-        meta = X._meta if is_dask(X) else X
+        meta = meta_of(X)
         columns = (list(self.columns) if self.columns is not None
-                   else [c for c in meta.columns if _is_categorical(meta[c].dtype)])
-        (counts,) = compute({c: value_counts(X[c] if isinstance(meta[c].dtype,
-                             pd.CategoricalDtype) else X[c].astype("str")) for c in columns})
+                   else categorical_columns(meta))
+        (counts,) = compute({c: _value_counts(as_text_lazy(X[c])) for c in columns})
         self.columns_ = np.array(columns, dtype=object)
-        self.categories_ = {}
-        for c in columns:
-            self.categories_[c] = _kept_levels(counts[c], self.max_levels, self.min_frequency)
+        self.categories_ = {c: kept_levels(counts[c], self.max_levels, self.min_frequency)
+                            for c in columns}
         return self
 
     def transform(self, X: Any) -> Any:
@@ -224,37 +618,382 @@ class NativeCategorical(TransformerMixin, BaseEstimator):
         return apply(X, self._transform)
 
     def _transform(self, df: pd.DataFrame) -> pd.DataFrame:
-        out = df.copy() if len(self.columns_) else df
+        out = df.copy()
         for c in self.columns_:
             out[c] = _categorical(df[c], self.categories_[c])
         return out
 
     def unseen(self, df: pd.DataFrame) -> dict[str, int]:
-        """Rows per column whose level is outside the kept vocabulary.
-
-        Such a level becomes missing, or joins ``__rare__`` where the column pools rare levels.
-        """
+        """Rows per column whose level is outside the kept vocabulary."""
         check_is_fitted(self, "categories_")
-        out = {}
-        for c in self.columns_:
-            values = df[c].astype("str").where(df[c].notna())
-            known = values.isna() | values.isin(set(self.categories_[c]) - {RARE})
-            out[c] = int((~known).sum())
-        return out
+        return {c: _outside(df[c], self.categories_[c]) for c in self.columns_}
 
 
-def _kept_levels(counts: pd.Series, max_levels: int, min_frequency: int) -> np.ndarray:
-    counts = counts[counts >= min_frequency].sort_values(ascending=False, kind="stable")
-    kept = sorted(str(v) for v in counts.index[:max_levels])
-    if len(counts) > len(kept) or min_frequency > 1:
+def kept_levels(counts: pd.Series, max_levels: int, min_frequency: int) -> np.ndarray:
+    """The ``max_levels`` most frequent levels seen ``min_frequency`` times or more, sorted,
+    plus ``__rare__`` when anything was pooled."""
+    frequent = by_frequency(counts[counts >= min_frequency])
+    kept = sorted(frequent[:max_levels])
+    if len(counts) > len(kept):
         kept.append(RARE)
     return np.array(kept, dtype=object)
 
 
+def by_frequency(counts: pd.Series) -> list[str]:
+    """Levels, most frequent first; ties by level (so the order never depends on partitions)."""
+    return [str(k) for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+
+
+def _outside(values: pd.Series, vocabulary: np.ndarray) -> int:
+    text = as_text(values)
+    known = text.isna() | text.isin(set(vocabulary) - {RARE})
+    return int((~known).sum())
+
+
 def _categorical(values: pd.Series, categories: np.ndarray) -> pd.Series:
-    text = values.astype("str").where(values.notna())
-    cats = list(categories)
-    if RARE in cats:
-        text = text.where(text.isin(cats) | text.isna(), RARE)
-    return pd.Series(pd.Categorical(text, categories=cats), index=values.index,
-                     name=values.name)
+    codes = _pooled_codes(values, categories)
+    return pd.Series(pd.Categorical.from_codes(codes, categories=list(categories)),
+                     index=values.index, name=values.name)
+
+
+class CategoricalEncoder(TransformerMixin, BaseEstimator):
+    """Per-column categorical encodings into numbers.
+
+    Parameters
+    ----------
+    encodings
+        ``{column: {"method": ..., options}}`` with method one of
+
+        - ``onehot``: one 0/1 column per level kept (``max_levels`` most frequent, seen
+          ``min_frequency`` times or more); rarer levels and levels never seen in training
+          share one ``<col>=__rare__`` column when training had rare levels (otherwise an
+          unseen level is all zeros); missing is all zeros;
+        - ``ordinal``: the level's rank by training frequency (0 = most frequent), rare levels
+          one shared code; unseen and missing become NaN;
+        - ``count`` / ``frequency``: how often the level occurred in training (or its share);
+          unseen and missing give 0 (numba kernel ``count_encode``);
+        - ``target``: the level's mean target smoothed toward the prior,
+          ``(sum + m * prior) / (count + m)``; during ``fit_transform`` each training row is
+          encoded out-of-fold (its fold's own rows excluded, folds by row hash) so the target
+          does not leak; multiclass gives one column per class (numba kernels
+          ``target_stats_folds`` / ``target_encode_oof``);
+        - ``hash``: the hashing trick, ``n_buckets`` 0/1 columns from MurmurHash3 of the text
+          (numba kernel ``hash_bytes``); needs no vocabulary, so unseen levels just hash;
+        - ``native``: pandas categorical with known categories (XGBoost's own handling).
+    default
+        A method for every categorical column not in ``encodings`` (``None``: leave them).
+    n_classes
+        Classes of the target for multiclass target encoding (``None``: numeric target).
+    seed
+        Seed of the out-of-fold assignment.
+    """
+
+    def __init__(self, encodings: Mapping[str, Mapping[str, Any]] | None = None,
+                 default: str | None = None, n_classes: int | None = None,
+                 seed: int = 0) -> None:
+        self.encodings = encodings
+        self.default = default
+        self.n_classes = n_classes
+        self.seed = seed
+
+    # -- fit ---------------------------------------------------------------------------------
+
+    def fit(self, X: Any, y: Any = None) -> CategoricalEncoder:
+        self._fit(X, y, out_of_fold=False)
+        return self
+
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
+        """Fit, then encode the training rows themselves out-of-fold (target encoding)."""
+        oof = self._fit(X, y, out_of_fold=True)
+        return self._apply(X, y, oof)
+
+    def _fit(self, X: Any, y: Any, *, out_of_fold: bool) -> dict[str, Any]:
+        meta = meta_of(X)
+        encodings = {c: dict(spec) for c, spec in (self.encodings or {}).items()}
+        _require(list(encodings), meta, "preprocess.encode", numeric=False)
+        if self.default:
+            for c in categorical_columns(meta):
+                encodings.setdefault(c, {"method": self.default})
+        needs_vocab = [c for c, s in encodings.items() if s["method"] != "hash"]
+        targets = [c for c, s in encodings.items() if s["method"] == "target"]
+        if targets and y is None:
+            raise ValueError(f"target encoding of {targets} needs the target: fit(X, y)")
+        lazy: dict[str, Any] = {"counts": {c: _value_counts(as_text_lazy(X[c]))
+                                           for c in needs_vocab}}
+        if targets:
+            lazy["prior"] = _target_mean(y, self.n_classes)
+        (got,) = compute(lazy)
+        self.vocabulary_ = {}
+        self.tables_ = {}
+        for c in needs_vocab:
+            spec = encodings[c]
+            counts = got["counts"][c]
+            if spec["method"] in ("onehot", "ordinal", "native"):
+                vocab = kept_levels(counts, spec.get("max_levels", 20 if spec["method"] ==
+                                                     "onehot" else 1000),
+                                    spec.get("min_frequency", 1))
+                if spec["method"] == "ordinal":  # by frequency: frequent levels, small codes
+                    text_counts = counts.rename(index=str)
+                    ranked = by_frequency(text_counts[[v for v in vocab if v != RARE]])
+                    vocab = np.array(ranked + ([RARE] if RARE in vocab else []), dtype=object)
+            else:
+                vocab = np.array(sorted(str(v) for v in counts.index), dtype=object)
+            self.vocabulary_[c] = vocab
+            if spec["method"] in ("count", "frequency"):
+                self.tables_[c] = counts.reindex(vocab).fillna(0).to_numpy(dtype=np.int64)
+        self.encodings_ = encodings
+        methods = {s["method"] for s in encodings.values()}
+        self.kernels_used_ = sorted(
+            ({"count_encode"} if methods & {"count", "frequency"} else set())
+            | ({"target_stats_folds", "target_encode", "target_encode_oof"}
+               if "target" in methods else set())
+            | ({"hash_bytes"} if "hash" in methods else set()))
+        if targets:
+            total, rows = got["prior"]
+            self.prior_ = np.asarray(total, dtype=np.float64) / max(int(rows), 1)
+        else:
+            self.prior_ = np.zeros(0)
+        oof: dict[str, Any] = {}
+        if targets:
+            stats = _target_statistics(X, y, targets, self.vocabulary_, encodings,
+                                       self.n_classes, self.seed)
+            (stats,) = compute(stats)
+            self.target_sums_ = {c: stats[c][0].sum(axis=0) for c in targets}
+            self.target_counts_ = {c: stats[c][1].sum(axis=0) for c in targets}
+            if out_of_fold:
+                oof = {c: stats[c] for c in targets}
+        else:
+            self.target_sums_, self.target_counts_ = {}, {}
+        self.feature_names_out_ = None
+        return oof
+
+    # -- transform ---------------------------------------------------------------------------
+
+    def transform(self, X: Any) -> Any:
+        check_is_fitted(self, "encodings_")
+        return self._apply(X, None, {})
+
+    def _apply(self, X: Any, y: Any, oof: Mapping[str, Any]) -> Any:
+        if oof:
+            if is_dask(X):
+                frame = X.assign(__target__=y)
+            else:
+                frame = X.assign(__target__=np.asarray(y))
+            return apply(frame, lambda df: self._transform(df.drop(columns="__target__"),
+                                                           oof, fold_source=df))
+        return apply(X, lambda df: self._transform(df, {}, None))
+
+    def _transform(self, df: pd.DataFrame, oof: Mapping[str, Any],
+                   fold_source: pd.DataFrame | None) -> pd.DataFrame:
+        import kernels
+
+        out = {c: df[c] for c in df.columns if c not in self.encodings_}
+        for c, spec in self.encodings_.items():
+            method = spec["method"]
+            if method == "hash":
+                buckets = _hash_buckets(df[c], spec.get("n_buckets", 32), self.seed)
+                for b in range(spec.get("n_buckets", 32)):
+                    out[f"{c}#h{b}"] = (buckets == b).astype(np.uint8)
+                continue
+            vocab = self.vocabulary_[c]
+            if method == "native":
+                out[c] = _categorical(df[c], vocab)
+                continue
+            codes = _pooled_codes(df[c], vocab)
+            if method == "onehot":
+                for i, level in enumerate(vocab):
+                    out[f"{c}={level}"] = (codes == i).astype(np.uint8)
+            elif method == "ordinal":
+                out[c] = np.where(codes >= 0, codes, np.nan).astype(np.float64)
+            elif method in ("count", "frequency"):
+                out[f"{c}__{method}"] = kernels.count_encode(
+                    codes, self.tables_[c], normalize=method == "frequency")
+            elif method == "target":
+                out.update(self._target_columns(c, spec, codes, oof.get(c), fold_source))
+        return pd.DataFrame(out, index=df.index)
+
+    def _target_columns(self, c: str, spec: Mapping[str, Any], codes: np.ndarray,
+                        oof: Any, fold_source: pd.DataFrame | None) -> dict[str, np.ndarray]:
+        import kernels
+
+        smoothing = float(spec.get("smoothing", 10.0))
+        sums, counts = self.target_sums_[c], self.target_counts_[c]
+        names = _target_names(c, len(self.prior_))
+        if oof is not None and fold_source is not None:
+            folds = _folds(fold_source.drop(columns="__target__"), spec.get("folds", 5),
+                           self.seed)
+            fold_sums, fold_counts = oof
+            return {name: kernels.target_encode_oof(
+                codes, folds, np.ascontiguousarray(fold_sums[:, k]),
+                np.ascontiguousarray(fold_counts), float(self.prior_[k]), smoothing)
+                for k, name in enumerate(names)}
+        return {name: kernels.target_encode(codes, np.ascontiguousarray(sums[k]), counts,
+                                            float(self.prior_[k]), smoothing)
+                for k, name in enumerate(names)}
+
+    def unseen(self, df: pd.DataFrame) -> dict[str, int]:
+        """Rows per column whose level is outside the training vocabulary."""
+        check_is_fitted(self, "encodings_")
+        return {c: _outside(df[c], self.vocabulary_[c]) for c in self.vocabulary_}
+
+
+def _pooled_codes(values: pd.Series, vocab: np.ndarray) -> np.ndarray:
+    """Codes into ``vocab``; levels outside it go to ``__rare__`` when the vocabulary pools."""
+    codes = codes_of(values, vocab)
+    if len(vocab) and vocab[-1] == RARE:
+        codes = np.where((codes < 0) & values.notna().to_numpy(), len(vocab) - 1, codes)
+    return codes
+
+
+def _target_names(column: str, n_outputs: int) -> list[str]:
+    return [f"{column}__te"] if n_outputs == 1 else [f"{column}__te_{k}"
+                                                     for k in range(n_outputs)]
+
+
+def _target_matrix(y: np.ndarray, n_classes: int | None) -> np.ndarray:
+    """(n, k): the target itself (binary/regression) or one-vs-rest indicators (multiclass)."""
+    y = np.asarray(y, dtype=np.float64)
+    if n_classes and n_classes > 2:
+        return (y[:, None] == np.arange(n_classes)[None, :]).astype(np.float64)
+    return y[:, None]
+
+
+def _target_mean(y: Any, n_classes: int | None) -> Any:
+    """(sum of the target matrix, rows): the prior is their ratio (lazy on dask)."""
+    frame = y.to_frame("__y") if is_dask(y) else pd.DataFrame({"__y": np.asarray(y)})
+    return reduce_partitions(
+        frame, lambda df: (_target_matrix(df["__y"].to_numpy(), n_classes).sum(axis=0), len(df)),
+        lambda *parts: (sum(p[0] for p in parts), sum(p[1] for p in parts)))
+
+
+def _folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
+    return (row_hash(df, seed + 104729) % np.uint64(n_folds)).astype(np.int64)
+
+
+def _target_statistics(X: Any, y: Any, columns: list[str], vocab: Mapping[str, np.ndarray],
+                       encodings: Mapping[str, Mapping[str, Any]], n_classes: int | None,
+                       seed: int) -> dict[str, Any]:
+    """Per column: (sums[k_folds, k_out, n_levels], counts[k_folds, n_levels]), lazily."""
+    import kernels
+
+    frame = X.assign(__target__=y) if is_dask(X) else X.assign(__target__=np.asarray(y))
+
+    def chunk(df: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+        spec = encodings[column]
+        n_folds = int(spec.get("folds", 5))
+        features = df.drop(columns="__target__")
+        folds = _folds(features, n_folds, seed)
+        codes = _pooled_codes(df[column], vocab[column])
+        ymat = _target_matrix(df["__target__"].to_numpy(), n_classes)
+        n_levels = len(vocab[column])
+        sums = np.zeros((n_folds, ymat.shape[1], n_levels))
+        counts = np.zeros((n_folds, n_levels), dtype=np.int64)
+        for k in range(ymat.shape[1]):
+            s, cnt = kernels.target_stats_folds(codes, np.ascontiguousarray(ymat[:, k]), folds,
+                                                n_folds, n_levels)
+            sums[:, k, :] = s
+            counts = cnt
+        return sums, counts
+
+    def combine(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    out = {}
+    for column in columns:
+        out[column] = reduce_partitions(frame, lambda df, c=column: chunk(df, c), combine)
+    return out
+
+
+def _hash_buckets(values: pd.Series, n_buckets: int, seed: int) -> np.ndarray:
+    """MurmurHash3 bucket of each value's text (Arrow string buffers, no Python loop)."""
+    import pyarrow as pa
+
+    import kernels
+
+    text = as_text(values)
+    array = pa.array(text.to_numpy(dtype=object, na_value=None), type=pa.large_string())
+    valid = ~np.asarray(text.isna().to_numpy(), dtype=bool)
+    _, offsets, data = array.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64)[array.offset:array.offset + len(array) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return kernels.hash_bytes(data, offsets, n_buckets, seed, valid=valid)
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def build_preprocessor(job: Any, feature_columns: Sequence[str], family: str,
+                       n_classes: int | None = None) -> Any:
+    """The scikit-learn Pipeline for ``family``: the shared prefix, then the family's tail."""
+    from sklearn.pipeline import Pipeline
+
+    return Pipeline(prefix_steps(job, feature_columns, n_classes) + tail_steps(job, family))
+
+
+def prefix_steps(job: Any, feature_columns: Sequence[str],
+                 n_classes: int | None = None) -> list[tuple[str, Any]]:
+    """Steps every model family shares: schema, cleaning, declared features and encodings."""
+    from pipeline.features import KernelFeatures
+
+    prep = job.preprocess
+    declared = {c for f in job.features for c in _feature_columns(f)} | set(prep.encode)
+    steps: list[tuple[str, Any]] = [("schema", InputSchema(columns=list(feature_columns)))]
+    if prep.drop_constant or prep.drop_all_missing:
+        steps.append(("clean", ColumnCleaner(prep.drop_constant, prep.drop_all_missing,
+                                             protect=sorted(declared))))
+    if prep.clip is not None:
+        steps.append(("clip", QuantileClipper(prep.clip.lower, prep.clip.upper,
+                                              prep.clip.columns)))
+    if job.features:
+        # window keys/times that are ids or dropped columns only give context: gone after
+        context = {c for f in job.features if f.kernel in ("rolling", "lag")
+                   for c in (f.key, f.time)}
+        drop = sorted(context & (set(job.data.id_columns) | set(job.data.drop)))
+        steps.append(("features", KernelFeatures([f.model_dump() for f in job.features],
+                                                 drop=drop)))
+    if prep.encode:
+        encodings = {c: e.model_dump() for c, e in prep.encode.items()}
+        steps.append(("encode", CategoricalEncoder(encodings, n_classes=n_classes,
+                                                   seed=job.data.split.seed)))
+    return steps
+
+
+def tail_steps(job: Any, family: str) -> list[tuple[str, Any]]:
+    """Steps for one family: imputation, the remaining categoricals, scaling, as it needs."""
+    from pipeline.models import FAMILIES
+
+    needs = FAMILIES[family]["needs"]
+    prep = job.preprocess
+    impute = prep.impute
+    steps: list[tuple[str, Any]] = []
+    if (needs["impute"] or impute.apply == "always") and (
+            impute.numeric != "none" or impute.categorical != "none" or impute.columns):
+        steps.append(("impute", Imputer(
+            numeric=impute.numeric, categorical=impute.categorical,
+            fill_value=impute.fill_value,
+            columns={c: v.model_dump() for c, v in impute.columns.items()},
+            indicators=impute.indicators)))
+    default = prep.default_encoding
+    if default == "auto":
+        default = "onehot" if needs["numeric_only"] else "native"
+    if default == "native":
+        steps.append(("categorical", NativeCategorical()))
+    else:
+        steps.append(("categorical", CategoricalEncoder(default=default,
+                                                        seed=job.data.split.seed)))
+    if needs["scale"] and prep.scale != "none":
+        steps.append(("scale", Scaler(prep.scale)))
+    return steps
+
+
+def _feature_columns(feature: Any) -> list[str]:
+    out = list(feature.columns)
+    for name in ("key", "time"):
+        if getattr(feature, name, None):
+            out.append(getattr(feature, name))
+    return out
+
+
+def kernels_used(pipeline: Any) -> list[str]:
+    """Names of the numba kernels a fitted preprocessor calls."""
+    return sorted({k for _, step in pipeline.steps for k in getattr(step, "kernels_used_", [])})

@@ -99,6 +99,7 @@ def _run(job: JobSpec, client: Any) -> RunResult:
 
     from pipeline import artifacts, evaluate, load, split
     from pipeline.predictor import Predictor
+    from pipeline.preprocess import build_preprocessor
     from pipeline.train import fit_xgboost, xgb_params
 
     watch = Stopwatch()
@@ -111,26 +112,40 @@ def _run(job: JobSpec, client: Any) -> RunResult:
     # -- load and validate ----------------------------------------------------------------
     source = load.find_files(data.train, options, data.format)
     headers = load.read_headers(source)
+    # key and time of window features are inputs even when they are ids or dropped columns
+    context = [c for f in job.features if f.kernel in ("rolling", "lag") for c in (f.key, f.time)]
     required = [data.target, *data.id_columns, *([data.split.by] if data.split.by else []),
-                *job.evaluate.slices]
+                *job.evaluate.slices, *context]
     columns = load.check_headers(headers, schema=data.schema_, required=required)
-    raw = load.read(source, columns, schema=data.schema_, drop=data.drop,
+    raw = load.read(source, columns, schema=data.schema_,
+                    drop=[c for c in data.drop if c not in context],
                     storage_options=options, blocksize=data.blocksize)
     feature_columns = [c for c in raw.columns
-                       if c not in {data.target, *data.id_columns, *data.drop}]
+                       if c not in {data.target, *data.id_columns, *data.drop} or c in context]
     check_declarations(job, raw._meta, feature_columns)
     watch.lap("plan", f"{len(source.files)} {source.format} file(s), {len(columns)} columns, "
                       f"{source.bytes / 1e6:,.1f} MB at {data.train}")
 
+    window_keys = {f.key for f in job.features if f.kernel in ("rolling", "lag")}
+    if window_keys:  # every row of a key in one partition: window features see its history
+        raw = raw.shuffle(on=next(iter(window_keys)))
     raw = raw.persist()
     wait(raw)
+    duplicates = 0
+    if job.preprocess.dedupe:
+        before = raw.shape[0]
+        raw = raw.drop_duplicates().persist()
+        wait(raw)
+        before, after = dask.compute(before, raw.shape[0])
+        duplicates = int(before - after)
     summary = load.summarize(raw, target=data.target, task=data.task, source=data.train,
                              positive=data.positive, time_column=data.split.by,
                              holdout=data.split.holdout, exclude_levels=data.id_columns)
     balance = (", classes " + ", ".join(f"{k}: {v:,}" for k, v in summary.class_counts.items())
                if summary.class_counts else "")
     watch.lap("load", f"loaded {summary.rows:,} rows x {len(feature_columns)} features "
-                      f"in {raw.npartitions} partitions{balance}")
+                      f"in {raw.npartitions} partitions{balance}"
+                      + (f"; {duplicates:,} duplicate rows removed" if duplicates else ""))
 
     # -- split ----------------------------------------------------------------------------
     framed = split.assign_folds(raw, target=data.target, task=data.task,
@@ -142,21 +157,20 @@ def _run(job: JobSpec, client: Any) -> RunResult:
                                 ("holdout", split.HOLDOUT))}
 
     # -- preprocess -----------------------------------------------------------------------
-    prep = build_preprocessor(job, feature_columns)
-    prep.fit(parts["train"])
     classes = summary.classes
+    n_classes = len(classes) if classes else None
+    prep = build_preprocessor(job, feature_columns, "xgboost", n_classes)
 
-    def xy(frame: Any) -> tuple[Any, Any]:
-        X = prep.transform(frame)
+    def target(frame: Any) -> Any:
         if data.task == "regression":
-            y = frame[data.target].astype("float64")
-        else:
-            y = frame[data.target].map_partitions(_encode_partition, classes,
-                                                  meta=(data.target, "int64"))
-        return X, y
+            return frame[data.target].astype("float64")
+        return frame[data.target].map_partitions(_encode_partition, classes,
+                                                 meta=(data.target, "int64"))
 
-    X_train, y_train = xy(parts["train"])
-    X_valid, y_valid = xy(parts["valid"])
+    # fit_transform: target encodings of the training rows themselves are out-of-fold
+    y_train, y_valid = target(parts["train"]), target(parts["valid"])
+    X_train = prep.fit_transform(parts["train"], y_train)
+    X_valid = prep.transform(parts["valid"])
     X_train, y_train, X_valid, y_valid = client.persist([X_train, y_train, X_valid, y_valid])
     wait([X_train, y_train, X_valid, y_valid])
     n_train, n_valid, n_holdout = dask.compute(X_train.shape[0], X_valid.shape[0],
@@ -166,7 +180,7 @@ def _run(job: JobSpec, client: Any) -> RunResult:
 
     # -- train ----------------------------------------------------------------------------
     fitted = fit_xgboost(X_train, y_train, X_valid, y_valid, params=params, task=data.task,
-                         n_classes=len(classes) if classes else None,
+                         n_classes=n_classes,
                          early_stopping_rounds=job.train.early_stopping_rounds,
                          seed=job.search.seed, client=client)
     del X_train, y_train, X_valid, y_valid  # release the training matrix on the workers
@@ -200,8 +214,11 @@ def _run(job: JobSpec, client: Any) -> RunResult:
         "rows": {"total": summary.rows, "train": n_train, "valid": n_valid,
                  "holdout": n_holdout},
         "model": {"family": "xgboost", "params": fitted.params, "trees": fitted.n_estimators,
-                  "fit_seconds": round(fitted.seconds, 3), "learning_curve": fitted.history},
+                  "fit_seconds": round(fitted.seconds, 3), "learning_curve": fitted.history,
+                  "importance": _importance(fitted.booster)},
         "threshold": predictor.threshold,
+        "preprocess": {"steps": [name for name, _ in prep.steps],
+                       "dropped": _dropped(prep), "duplicates_removed": duplicates},
         "timings": watch.stages,
     }
     schema_doc = {
@@ -211,7 +228,7 @@ def _run(job: JobSpec, client: Any) -> RunResult:
         "id_columns": list(data.id_columns),
         "categories": {c: list(v) for c, v in _categories(prep).items()},
         "model_inputs": [str(c) for c in fitted.booster.feature_names or []],
-        "kernels": _kernel_fingerprints(job),
+        "kernels": _kernel_fingerprints(prep),
     }
     model_name, model_data = artifacts.model_bytes(fitted.booster)
     files = {
@@ -262,24 +279,25 @@ def refuse_memory_urls(client: Any, urls: Mapping[str, str]) -> None:
 
 
 def check_declarations(job: JobSpec, meta: Any, feature_columns: Sequence[str]) -> None:
-    """Column names in the job that are not in the data: an error before any compute."""
+    """Columns the job names that are missing or of the wrong kind: errors before any compute.
+
+    (The transformers check again when fitted; this runs on the empty ``meta`` frame.)
+    """
+    from pipeline.features import check_features
     from pipeline.load import DataError, _close
+    from pipeline.preprocess import _require
 
     known = list(meta.columns)
     for column in job.evaluate.slices:
         if column not in known:
             raise DataError(f"evaluate.slices names {column!r}, not a column of the data"
                             f"{_close(column, known)}")
-
-
-def build_preprocessor(job: JobSpec, feature_columns: Sequence[str]) -> Any:
-    """The sklearn Pipeline applied identically at training, scoring and serving."""
-    from sklearn.pipeline import Pipeline
-
-    from pipeline.preprocess import InputSchema, NativeCategorical
-
-    return Pipeline([("schema", InputSchema(columns=list(feature_columns))),
-                     ("categorical", NativeCategorical())])
+    inputs = meta[list(feature_columns)]
+    check_features([f.model_dump() for f in job.features], inputs)
+    _require(list(job.preprocess.encode), inputs, "preprocess.encode", numeric=False)
+    _require(list(job.preprocess.impute.columns), inputs, "preprocess.impute.columns")
+    if job.preprocess.clip is not None and job.preprocess.clip.columns:
+        _require(job.preprocess.clip.columns, inputs, "preprocess.clip.columns", numeric=True)
 
 
 def resolve_params(job: JobSpec, family: str) -> dict[str, Any]:
@@ -319,6 +337,12 @@ def _evaluation_partition(df: Any, predictor: Any, keep: list[str]) -> Any:
     return predictor.evaluation_frame(df, keep=keep)
 
 
+def _importance(booster: Any) -> dict[str, float]:
+    """Total gain per model input, largest first (XGBoost's own measure)."""
+    gain = booster.get_score(importance_type="total_gain")
+    return {k: float(v) for k, v in sorted(gain.items(), key=lambda kv: -kv[1])}
+
+
 def _categories(prep: Any) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for _, step in prep.steps:
@@ -327,12 +351,21 @@ def _categories(prep: Any) -> dict[str, list[str]]:
     return out
 
 
-def _kernel_fingerprints(job: JobSpec) -> dict[str, str]:
-    if not job.features:
+def _kernel_fingerprints(prep: Any) -> dict[str, str]:
+    """Code fingerprints of the kernels this preprocessor calls (checked when loading)."""
+    from pipeline.preprocess import kernels_used
+
+    used = kernels_used(prep)
+    if not used:
         return {}
     from kernels import kernel_fingerprints
 
-    return kernel_fingerprints()
+    prints = kernel_fingerprints()
+    return {name: prints[name] for name in used}
+
+
+def _dropped(prep: Any) -> list[dict[str, str]]:
+    return [d for _, step in prep.steps for d in getattr(step, "dropped_", [])]
 
 
 def _json(doc: Any) -> bytes:

@@ -90,6 +90,20 @@ def demo_job(train: str, output: str, **extra: object) -> dict:
         "data": {"train": train, "target": "default", "task": "binary",
                  "id_columns": ["application_id", "customer_id"], "drop": ["applied_at"],
                  "split": {"holdout": 0.2, "validation": 0.1, "seed": 0}},
+        "preprocess": {
+            "clip": {"columns": ["income", "savings"]},
+            "encode": {"employer": {"method": "target"}, "branch": {"method": "frequency"},
+                       "purpose": {"method": "onehot", "max_levels": 5}},
+            "default_encoding": "ordinal",
+        },
+        "features": [
+            {"kernel": "log1p", "columns": ["income", "loan_amount"]},
+            {"kernel": "ratio", "columns": ["loan_amount", "income"],
+             "pairs": [["loan_amount", "income"]]},
+            {"kernel": "count", "columns": ["state"]},
+            {"kernel": "bin", "columns": ["credit_score"], "n_bins": 8},
+            {"kernel": "hash", "columns": ["employer"], "n_buckets": 64},
+        ],
         "models": {"xgboost": {"n_estimators": 20, "max_depth": 4, "learning_rate": 0.3}},
         "output": output,
     }

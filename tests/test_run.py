@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +123,9 @@ def test_tampered_model_is_refused(client, tmp_path: Path, demo_dir: Path) -> No
 
 
 def test_multiclass_job(client, tmp_path: Path, demo_dir: Path) -> None:
-    job = load_job(demo_job(str(demo_dir), str(tmp_path / "out"),
-                            name="grades"), ["data.target=grade", "data.task=multiclass",
+    job = load_job(demo_job(str(demo_dir), str(tmp_path / "out"), name="grades",
+                            features=[{"kernel": "log1p", "columns": ["income"]}]),
+                   ["data.target=grade", "data.task=multiclass",
                                              "data.drop=[applied_at, credit_score, interest_rate]"])
     result = run(job, client=client)
     assert result.headline["accuracy"] > 0.3
@@ -145,3 +147,58 @@ def test_california_housing_regression_from_csv(client, tmp_path: Path) -> None:
     metrics = json.loads((Path(result.run_url) / "metrics.json").read_text())
     assert metrics["rows"]["total"] == 20_640
     check_sample(result.model_url)
+
+
+def test_window_features_end_to_end(client, tmp_path: Path, demo_dir: Path) -> None:
+    job = load_job(demo_job(str(demo_dir), str(tmp_path / "out"), features=[
+        {"kernel": "rolling", "columns": ["loan_amount"], "key": "customer_id",
+         "time": "applied_at", "window": 3, "stats": ["mean", "count"]},
+        {"kernel": "lag", "columns": ["late_payments_2y"], "key": "customer_id",
+         "time": "applied_at"}]))
+    result = run(job, client=client)
+    schema = json.loads((Path(result.run_url) / "schema.json").read_text())
+    assert "loan_amount__roll3_mean" in schema["model_inputs"]
+    assert "customer_id" not in schema["model_inputs"]  # context only: an id column
+    assert set(schema["kernels"]) >= {"group_rolling", "group_lag"}
+    check_sample(result.model_url)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"features": [{"kernel": "log1p", "columns": ["state"]}]},
+     r"features\[0\] \(log1p\) names 'state', a (str|string) column; it needs a numeric"),
+    ({"features": [{"kernel": "count", "columns": ["incme"]}]},
+     "'incme', which is not a column here; did you mean 'income'"),
+    ({"preprocess": {"encode": {"income": "onehot"}}},
+     r"preprocess.encode names 'income', a numeric \(float64\) column"),
+])
+def test_bad_declarations_fail_before_any_compute(client, tmp_path: Path, demo_dir: Path,
+                                                  change: dict, message: str) -> None:
+    from pipeline.preprocess import SchemaError
+
+    job = load_job(demo_job(str(demo_dir), str(tmp_path / "out"), **change))
+    with CountTasks(client) as counted, pytest.raises(SchemaError) as info:
+        run(job, client=client)
+    assert re.search(message, str(info.value))
+    assert counted.tasks == 0  # refused from the declarations alone: no data was read
+    assert not (tmp_path / "out").exists()
+
+
+class CountTasks:
+    """How many tasks the scheduler ran while the block ran (on a private client session)."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.tasks = 0
+
+    def __enter__(self) -> CountTasks:
+        self._start = self.client.run_on_scheduler(_finished_tasks)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.tasks = self.client.run_on_scheduler(_finished_tasks) - self._start
+
+
+def _finished_tasks(dask_scheduler=None) -> int:
+    return sum(prefix.state_counts.get("memory", 0) + prefix.state_counts.get("released", 0)
+               + prefix.state_counts.get("forgotten", 0) + prefix.state_counts.get("erred", 0)
+               for prefix in dask_scheduler.task_prefixes.values())

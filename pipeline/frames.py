@@ -1,0 +1,128 @@
+"""Helpers that let one piece of code run on a pandas frame or lazily on a dask frame.
+
+A pandas frame is treated as a dask frame of one partition: the same per-partition function
+runs on it, and the same partial results are merged. That is how a transformer fitted on a dask
+frame ends in exactly the state it would reach on the computed pandas frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def is_dask(X: Any) -> bool:
+    """A dask DataFrame or Series (duck-typed: dask-expr collections)."""
+    return hasattr(X, "map_partitions") and hasattr(X, "_meta")
+
+
+def meta_of(X: Any) -> Any:
+    """The empty pandas object describing ``X`` (``X`` itself when it is pandas)."""
+    return X._meta if is_dask(X) else X
+
+
+def apply(X: Any, func: Callable[[Any], Any]) -> Any:
+    """``func`` on a pandas frame, or lazily per partition of a dask frame.
+
+    The dask ``meta`` is ``func`` run on the empty ``_meta`` frame, so it is exactly what the
+    partitions will hold (every function passed here must accept an empty frame).
+    """
+    if is_dask(X):
+        return X.map_partitions(func, meta=func(X._meta))
+    return func(X)
+
+
+def compute(*values: Any) -> tuple[Any, ...]:
+    """One ``dask.compute`` for lazy values (nested in dicts, lists, tuples); pandas passes.
+
+    Delayed values (from :func:`reduce_partitions`) and dask-expr collections computed
+    together make dask materialise the expressions with a warning; here the collections are
+    turned into delayed values first, so they still share one graph and one compute.
+    """
+    leaves = _leaves(values)
+    if not any(_is_lazy(v) for v in leaves):
+        return values
+    import dask
+    from dask.delayed import Delayed
+
+    if any(isinstance(v, Delayed) for v in leaves):
+        values = tuple(_delayed_collections(v) for v in values)
+    return dask.compute(*values)
+
+
+def _is_lazy(value: Any) -> bool:
+    return hasattr(value, "__dask_graph__") and callable(value.__dask_graph__)
+
+
+def _delayed_collections(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _delayed_collections(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_delayed_collections(v) for v in value)
+    if _is_lazy(value) and hasattr(value, "to_delayed") and hasattr(value, "_meta"):
+        import dask
+
+        parts = value.to_delayed()
+        if isinstance(parts, list):  # a frame or series: its partitions, concatenated
+            return dask.delayed(_concat, pure=True)(parts)
+        return parts  # a scalar
+    return value
+
+
+def _concat(parts: list[Any]) -> Any:
+    return parts[0] if len(parts) == 1 else pd.concat(parts)
+
+
+def _leaves(values: Any) -> list[Any]:
+    out = []
+    for v in values:
+        if isinstance(v, Mapping):
+            out.extend(_leaves(list(v.values())))
+        elif isinstance(v, list | tuple):
+            out.extend(_leaves(v))
+        else:
+            out.append(v)
+    return out
+
+
+def value_counts(series: Any) -> Any:
+    """Level counts (missing excluded) of a pandas or dask Series.
+
+    On dask, a tree reduction into one partition (``split_out=1``): level tables are small,
+    and dask would otherwise choose a shuffle for them.
+    """
+    if is_dask(series):
+        return series.value_counts(dropna=True, split_out=1)
+    return series.value_counts(dropna=True)
+
+
+def reduce_partitions(X: Any, chunk: Callable[[pd.DataFrame], Any],
+                      combine: Callable[..., Any], split_every: int = 8) -> Any:
+    """``chunk`` on every partition, partials merged ``split_every`` at a time.
+
+    Returns a ``dask.delayed`` value for a dask frame (to be computed together with others),
+    or the merged value itself for a pandas frame. ``combine(*partials)`` must be associative:
+    the result must not depend on how partials are grouped.
+    """
+    if not is_dask(X):
+        return combine(chunk(X))
+    import dask
+
+    partials = [dask.delayed(chunk, pure=True)(part) for part in X.to_delayed()]
+    merge = dask.delayed(combine, pure=True)
+    while len(partials) > 1:
+        partials = [merge(*partials[i:i + split_every])
+                    for i in range(0, len(partials), split_every)]
+    return partials[0]
+
+
+def row_hash(df: pd.DataFrame, seed: int = 0) -> np.ndarray:
+    """A well-mixed 64-bit hash of each row's content (partitioning does not matter)."""
+    from pipeline.split import _mix
+
+    if len(df) == 0:
+        return np.empty(0, dtype=np.uint64)
+    return _mix(pd.util.hash_pandas_object(df, index=False).to_numpy(dtype=np.uint64), seed)
