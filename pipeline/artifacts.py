@@ -151,6 +151,11 @@ def write_run(root: str, run_id: str, files: Mapping[str, bytes], *, meta: Mappi
     fs, base = filesystem(join(root, "runs", run_id), storage_options)
     if MANIFEST in files:
         raise ValueError("manifest.json is written by write_run itself")
+    # A version is immutable once its manifest exists: refuse before touching its files (the
+    # create-once manifest write below only protects the manifest itself).
+    if fs.exists(join(base, MANIFEST)):
+        raise FileExistsError(f"{join(root, 'runs', run_id)} is a completed run (it has a "
+                              "manifest); versions are immutable, write a new run")
     if _is_local(fs):
         fs.makedirs(base, exist_ok=True)
     listed = {}
@@ -391,22 +396,33 @@ def open_bundle(url: str, storage_options: Mapping[str, Any] | None = None) -> B
 # --------------------------------------------------------------------------- skops
 
 
+#: scikit-learn's internal data holders that skops does not trust by default but that hold
+#: only arrays and numbers (no code): the fitted state of the model families we store.
+SKLEARN_DATA_TYPES = (
+    "sklearn.tree._tree.Tree",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+)
+
+
 def trusted_types() -> list[str]:
-    """Our own transformer classes: trusted on load alongside skops' scikit-learn defaults."""
+    """Our own transformer classes and :data:`SKLEARN_DATA_TYPES`, trusted on load alongside
+    skops' scikit-learn defaults."""
     import inspect
 
     from sklearn.base import BaseEstimator
 
+    import pipeline.estimators as estimators
+    import pipeline.features as features
     import pipeline.preprocess as preprocess
 
-    modules = [preprocess]
-    try:
-        import pipeline.features as features
-
-        modules.append(features)
-    except ImportError:  # features land with the preprocessing work
-        pass
-    out = []
+    modules = [preprocess, features, estimators]
+    out = list(SKLEARN_DATA_TYPES)
     for module in modules:
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if issubclass(obj, BaseEstimator) and obj.__module__ == module.__name__:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -18,8 +19,20 @@ _EXPECTED: tuple[type[BaseException], ...] = (JobError, ValueError, FileNotFound
                                                PermissionError, TimeoutError, RuntimeError)
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (tests and notebooks swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
     for name in ("pipeline", "cluster"):
         log = logging.getLogger(name)
@@ -59,12 +72,47 @@ def run(job_file: str, overrides: tuple[str, ...], scheduler: str | None,
     from pipeline.run import run as run_job
 
     job = load_job(job_file, [*overrides, *cluster_overrides(n_workers, threads_per_worker)])
-    result = run_job(job, address=scheduler)
+    try:
+        result = run_job(job, address=scheduler)
+    except Exception as exc:
+        if lost_scheduler(exc):
+            raise RuntimeError(
+                f"lost the connection to the Dask scheduler ({type(exc).__name__}: {exc}); the "
+                "scheduler or its machine went away, and the work in the cluster's memory with "
+                "it. Rerun the same command once the cluster is back: stages that completed "
+                f"are kept under {job.output}/stages/ and are skipped") from exc
+        raise
+    board = result.leaderboard_table()
+    if board:
+        click.echo("")
+        click.echo(board)
     click.echo("")
+    click.echo(f"chosen: {result.family}" if board else f"model: {result.family}")
     click.echo(result.table())
     click.echo("")
     click.echo(f"run:   {result.run_url}")
     click.echo(f"model: {result.model_url}")
+
+
+def lost_scheduler(exc: BaseException) -> bool:
+    """Errors distributed raises when the client's scheduler goes away mid-run."""
+    import asyncio
+
+    chain = _chain(exc)
+    names = {type(e).__name__ for e in chain}
+    text = " ".join(str(e) for e in chain).lower()
+    if "CommClosedError" in names or any(isinstance(e, asyncio.CancelledError) for e in chain):
+        return True
+    return ("FutureCancelledError" in names and ("connection" in text or "scheduler" in text)) \
+        or ("not running" in text and "client" in text)
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    out = []
+    while exc is not None and len(out) < 10:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
 
 
 # --------------------------------------------------------------------------- config
@@ -142,7 +190,7 @@ def _add_commands() -> None:
 
 
 #: modules with a ``COMMANDS`` list of click commands.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["pipeline.cli_report"]
 _add_commands()
 
 

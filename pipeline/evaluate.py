@@ -1176,6 +1176,11 @@ def headline(metrics: Mapping[str, Any], task: str) -> dict[str, float | None]:
     return {name: _num(metrics.get(name)) for name in HEADLINE[task]}
 
 
+#: metrics whose overfit gap is judged relative to the train value (unbounded, or in the
+#: target's unit).
+RELATIVE_GAP = frozenset({"mse", "rmse", "mae", "max_error", "mape", "log_loss"})
+
+
 def overfit_check(
     train: Mapping[str, Any], holdout: Mapping[str, Any], bound: float
 ) -> dict[str, Any]:
@@ -1183,7 +1188,10 @@ def overfit_check(
 
     The gap is sign-normalised so that positive means *worse on holdout*: ``train - holdout``
     for metrics where higher is better, ``holdout - train`` where lower is better (see
-    :data:`GREATER_IS_BETTER`). Gaps are absolute differences in the metric's own unit.
+    :data:`GREATER_IS_BETTER`). Metrics bounded in [0, 1] (accuracy, AUC, F1, R², Brier...)
+    are flagged on the absolute gap; those in the target's own unit or unbounded (RMSE, MAE,
+    MSE, max error, MAPE, log loss) on the gap relative to the train value
+    (``relative_gap``), so one ``bound`` (e.g. 0.05) means something for both.
 
     Parameters
     ----------
@@ -1200,8 +1208,8 @@ def overfit_check(
 
     Examples
     --------
-    >>> out = overfit_check({"roc_auc": 0.95, "log_loss": 0.20}, {"roc_auc": 0.85, "log_loss": 0.25}, 0.05)
-    >>> out["flagged"], round(out["metrics"]["log_loss"]["gap"], 2)
+    >>> out = overfit_check({"roc_auc": 0.95, "log_loss": 0.20}, {"roc_auc": 0.85, "log_loss": 0.21}, 0.05)
+    >>> out["flagged"], round(out["metrics"]["log_loss"]["relative_gap"], 2)
     (['roc_auc'], 0.05)
     """
     if not (isinstance(bound, int | float) and math.isfinite(bound) and bound >= 0):
@@ -1212,6 +1220,12 @@ def overfit_check(
         if a is None or b is None:
             continue
         gap = a - b if greater else b - a
-        rows[name] = {"train": a, "holdout": b, "gap": gap, "flag": gap > bound}
+        row = {"train": a, "holdout": b, "gap": gap}
+        if name in RELATIVE_GAP:
+            row["relative_gap"] = gap / abs(a) if a else (0.0 if gap == 0 else math.inf)
+            row["flag"] = row["relative_gap"] > bound
+        else:
+            row["flag"] = gap > bound
+        rows[name] = row
     flagged = [name for name, row in rows.items() if row["flag"]]
     return {"bound": float(bound), "metrics": rows, "flagged": flagged, "overfit": bool(flagged)}

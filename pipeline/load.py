@@ -290,8 +290,14 @@ class Summary:
     levels: dict[str, dict[str, int]]  # categorical column -> {level: count}
     time_cutoff: Any = None
 
-    def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self.__dict__, default=str))
+    def to_json(self, top: int = 20) -> dict[str, Any]:
+        """JSON-able, with each categorical column's level count and its ``top`` levels only
+        (a column of 20,000 employers would otherwise fill the bundle)."""
+        doc = dict(self.__dict__)
+        doc["levels"] = {c: {"n_levels": len(counts),
+                             "top": dict(sorted(counts.items(), key=lambda kv: -kv[1])[:top])}
+                         for c, counts in self.levels.items()}
+        return json.loads(json.dumps(doc, default=str))
 
 
 def categorical_columns(ddf: Any, exclude: Sequence[str] = ()) -> list[str]:

@@ -90,9 +90,10 @@ class Predictor:
         if _is_booster(self.model):
             out = self.model.inplace_predict(Xt, validate_features=False)
             return np.asarray(out, dtype=np.float64)
+        X = Xt.to_numpy(dtype=np.float64)  # scikit-learn families were fitted on arrays
         if self.task == "regression":
-            return np.asarray(self.model.predict(Xt), dtype=np.float64)
-        proba = np.asarray(self.model.predict_proba(Xt), dtype=np.float64)
+            return np.asarray(self.model.predict(X), dtype=np.float64)
+        proba = np.asarray(self.model.predict_proba(X), dtype=np.float64)
         return proba[:, 1] if self.task == "binary" else proba
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:

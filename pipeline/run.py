@@ -6,11 +6,13 @@ load -> validate -> split -> preprocess (fit on the train fold) -> train -> eval
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,12 @@ logger = logging.getLogger("pipeline")
 #: holdout rows (raw input + the run's predictions) kept in the bundle, so a loaded model can
 #: be checked to reproduce the run's predictions exactly.
 SAMPLE_ROWS = 1000
+
+#: training rows scored for the overfit check (train vs holdout), at most.
+TRAIN_EVAL_ROWS = 100_000
+
+#: the Dask performance report of the run, next to report.html in the bundle.
+PERFORMANCE_REPORT = "dask-report.html"
 
 
 @dataclass
@@ -36,6 +44,8 @@ class RunResult:
     headline: dict[str, Any]
     manifest: dict[str, Any] = field(repr=False)
     timings: dict[str, float] = field(default_factory=dict)
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    family: str = "xgboost"
 
     def table(self) -> str:
         """The headline holdout metrics as a small text table."""
@@ -45,24 +55,49 @@ class RunResult:
             rows.append(f"{name.ljust(width)}  {_fmt(value):>12}")
         return "\n".join(rows)
 
+    def leaderboard_table(self) -> str:
+        """One line per family: how it trained, CV and holdout scores, gap, cost."""
+        if len(self.leaderboard) < 2:
+            return ""
+        metric = self.leaderboard[0]["metric"]
+        head = (f"{'family':<20} {'trained':<11} {'cv ' + metric:>16} {'holdout':>9} "
+                f"{'gap':>7} {'fit s':>7} {'rows/s':>10} {'peak MB':>8}")
+        lines = [head, "-" * len(head)]
+        for row in self.leaderboard:
+            cv = "n/a" if row["cv_mean"] is None else (
+                f"{row['cv_mean']:.4f}±{row['cv_std'] or 0:.4f}")
+            name = ("* " if row["chosen"] else "  ") + row["family"]
+            peak = "n/a" if row["peak_memory_bytes"] is None else \
+                f"{row['peak_memory_bytes'] / 2**20:,.0f}"
+            gap = "n/a" if row["gap"] is None else f"{row['gap']:+.4f}"
+            lines.append(f"{name:<20} {row['training']:<11} {cv:>16} "
+                         f"{_fmt(row['holdout'].get(metric)):>9} {gap:>7} "
+                         f"{row['fit_seconds']:>7.1f} {row['predict_rows_per_s']:>10,} "
+                         f"{peak:>8}")
+        return "\n".join(lines)
+
 
 class Stopwatch:
-    """Stage timings, logged as they end."""
+    """Stage timings, logged as they end; ``on_stage(name)`` is called after each."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stage: Callable[[str], None] | None = None) -> None:
         self.start = time.perf_counter()
         self.stages: dict[str, float] = {}
         self._last = self.start
+        self.on_stage = on_stage
 
     def lap(self, stage: str, message: str) -> None:
         now = time.perf_counter()
         self.stages[stage] = round(now - self._last, 3)
         self._last = now
         logger.info("[%6.1fs] %s", now - self.start, message)
+        if self.on_stage is not None:
+            self.on_stage(stage)  # e.g. a submitted job checking whether it was cancelled
 
 
 def run(job: JobSpec | str | Path, *, overrides: Sequence[str] = (), client: Any = None,
-        address: str | None = None) -> RunResult:
+        address: str | None = None,
+        on_stage: Callable[[str], None] | None = None) -> RunResult:
     """Run a job end to end and publish its model bundle.
 
     Parameters
@@ -74,6 +109,9 @@ def run(job: JobSpec | str | Path, *, overrides: Sequence[str] = (), client: Any
     client
         A ``distributed.Client`` to use; by default a cluster is chosen from the job
         (``cluster:``) and ``address``, as :func:`cluster.connect` does.
+    on_stage
+        Called with each stage's name when it ends (progress reporting, cooperative
+        cancellation: an exception raised there stops the run before anything is published).
 
     Examples
     --------
@@ -84,30 +122,42 @@ def run(job: JobSpec | str | Path, *, overrides: Sequence[str] = (), client: Any
     if not isinstance(job, JobSpec):
         job = load_job(job, overrides)
     if client is not None:
-        return _run(job, client)
+        return _run(job, client, on_stage)
     import cluster
 
     spec = job.cluster.model_dump(by_alias=True)
     with cluster.connect(spec, address=address, dask_config=job.dask) as client:
         logger.info("dashboard: %s", client.dashboard_link)
-        return _run(job, client)
+        return _run(job, client, on_stage)
 
 
-def _run(job: JobSpec, client: Any) -> RunResult:
+def _run(job: JobSpec, client: Any, on_stage: Callable[[str], None] | None = None) -> RunResult:
+    """The Dask performance report covers the whole run; it closes before the bundle."""
+    import tempfile
+
+    from distributed import performance_report
+
+    with tempfile.TemporaryDirectory(prefix="mlpipe-") as tmp, \
+            contextlib.ExitStack() as perf:
+        path = os.path.join(tmp, PERFORMANCE_REPORT)
+        perf.enter_context(performance_report(filename=path))
+        return _stages(job, client, perf, path, on_stage)
+
+
+def _stages(job: JobSpec, client: Any, perf: contextlib.ExitStack, perf_path: str,
+            on_stage: Callable[[str], None] | None) -> RunResult:
     import dask
     from distributed import wait
 
-    from pipeline import artifacts, evaluate, load, split
+    from pipeline import artifacts, evaluate, load, select, split
     from pipeline.predictor import Predictor
-    from pipeline.preprocess import build_preprocessor
-    from pipeline.train import fit_xgboost, xgb_params
+    from pipeline.preprocess import prefix_steps, tail_steps
 
-    watch = Stopwatch()
+    watch = Stopwatch(on_stage)
     data = job.data
     options = dict(job.storage_options)
     refuse_memory_urls(client, {"data.train": data.train, "output": job.output})
-    params = resolve_params(job, "xgboost")
-    xgb_params(params, task=data.task, n_classes=None, seed=job.search.seed)  # fail early
+    check_models(job)  # parameter names and values: fail before any data is read
 
     # -- load and validate ----------------------------------------------------------------
     source = load.find_files(data.train, options, data.format)
@@ -147,6 +197,11 @@ def _run(job: JobSpec, client: Any) -> RunResult:
                       f"in {raw.npartitions} partitions{balance}"
                       + (f"; {duplicates:,} duplicate rows removed" if duplicates else ""))
 
+    # completed stages of an earlier, interrupted run of this job on this data are skipped
+    from pipeline.stages import StageStore, stage_key
+
+    stages = StageStore(job.output, stage_key(job, source.fingerprint), options)
+
     # -- split ----------------------------------------------------------------------------
     framed = split.assign_folds(raw, target=data.target, task=data.task,
                                 holdout=data.split.holdout, validation=data.split.validation,
@@ -156,10 +211,11 @@ def _run(job: JobSpec, client: Any) -> RunResult:
              for name, code in (("train", split.TRAIN), ("valid", split.VALID),
                                 ("holdout", split.HOLDOUT))}
 
-    # -- preprocess -----------------------------------------------------------------------
+    # -- preprocess: the prefix every family shares, fitted once on all training rows ------
+    from sklearn.pipeline import Pipeline
+
     classes = summary.classes
     n_classes = len(classes) if classes else None
-    prep = build_preprocessor(job, feature_columns, "xgboost", n_classes)
 
     def target(frame: Any) -> Any:
         if data.task == "regression":
@@ -167,39 +223,94 @@ def _run(job: JobSpec, client: Any) -> RunResult:
         return frame[data.target].map_partitions(_encode_partition, classes,
                                                  meta=(data.target, "int64"))
 
+    prefix = Pipeline(prefix_steps(job, feature_columns, n_classes))
     # fit_transform: target encodings of the training rows themselves are out-of-fold
     y_train, y_valid = target(parts["train"]), target(parts["valid"])
-    X_train = prep.fit_transform(parts["train"], y_train)
-    X_valid = prep.transform(parts["valid"])
-    X_train, y_train, X_valid, y_valid = client.persist([X_train, y_train, X_valid, y_valid])
-    wait([X_train, y_train, X_valid, y_valid])
-    n_train, n_valid, n_holdout = dask.compute(X_train.shape[0], X_valid.shape[0],
+    P_train = prefix.fit_transform(parts["train"], y_train)
+    P_valid = prefix.transform(parts["valid"])
+    P_train, y_train, P_valid, y_valid = client.persist([P_train, y_train, P_valid, y_valid])
+    wait([P_train, y_train, P_valid, y_valid])
+    n_train, n_valid, n_holdout = dask.compute(P_train.shape[0], P_valid.shape[0],
                                                parts["holdout"].shape[0])
     watch.lap("preprocess", f"split {n_train:,} train / {n_valid:,} validation / "
-                            f"{n_holdout:,} holdout rows; {X_train.shape[1]} model inputs")
+                            f"{n_holdout:,} holdout rows; {len(P_train.columns)} columns "
+                            "after the shared preprocessing")
 
-    # -- train ----------------------------------------------------------------------------
-    fitted = fit_xgboost(X_train, y_train, X_valid, y_valid, params=params, task=data.task,
-                         n_classes=n_classes,
-                         early_stopping_rounds=job.train.early_stopping_rounds,
-                         seed=job.search.seed, client=client)
-    del X_train, y_train, X_valid, y_valid  # release the training matrix on the workers
-    watch.lap("train", f"xgboost: {fitted.n_estimators} trees (early stopping on "
-                       f"validation) in {fitted.seconds:.1f} s")
+    # -- search: candidates x folds on an in-memory sample of the training rows -----------
+    sample = _sample(parts["train"], min(job.search.sample_rows, n_train), data.split.seed)
+    searches = _load_searches(stages.get("search"))
+    if searches is None:
+        searches = _search(job, sample, feature_columns, classes, client, watch,
+                           full=(prefix, P_train, y_train, P_valid, y_valid))
+        stages.put("search", _search_files(searches))
+    else:
+        watch.lap("search", "search: done by an earlier run of this job (stage kept)")
 
-    # -- evaluate -------------------------------------------------------------------------
-    predictor = Predictor(task=data.task, target=data.target, classes=classes,
-                          preprocessor=prep, model=fitted.booster,
-                          threshold=job.evaluate.threshold, family="xgboost")
-    holdout_metrics = _evaluate(client, predictor, parts["holdout"], job, slices=True)
-    train_metrics = _evaluate(client, predictor, parts["train"], job, slices=False)
+    # -- train and evaluate each family's best on all rows, its own way --------------------
+    import numpy as np
+
+    from pipeline import train
+
+    train_eval = parts["train"]
+    eval_rows = min(n_holdout, TRAIN_EVAL_ROWS)
+    if n_train > eval_rows:  # the train side of the overfit check needs only a sample
+        train_eval = train_eval.sample(frac=eval_rows / n_train, random_state=data.split.seed)
+    entries: dict[str, dict[str, Any]] = {}
+    for family, found in searches.items():
+        cached = stages.get(f"family:{family}")
+        if cached is not None:
+            entries[family] = _load_entry(cached, found, job, classes)
+            watch.lap(f"train:{family}", f"{family}: trained and evaluated by an earlier run "
+                                         "of this job (stage kept)")
+            continue
+        tail = Pipeline(tail_steps(job, family))
+        T_train = tail.fit_transform(P_train, y_train)
+        T_valid = tail.transform(P_valid)
+        rows = select.family_rows(family, job.search.sample_rows)
+        sample_X = tail.transform(prefix.transform(sample.head(rows)))
+        sample_y = _encode_partition(sample.head(rows)[data.target], classes) \
+            if classes else sample.head(rows)[data.target].to_numpy(dtype=np.float64)
+        with _peak_memory(client) as peak:
+            fitted = train.refit(family, data.task, found.best_params, X_train=T_train,
+                                 y_train=y_train, X_valid=T_valid, y_valid=y_valid,
+                                 sample=(sample_X, sample_y), n_classes=n_classes,
+                                 early_stopping_rounds=job.train.early_stopping_rounds,
+                                 seed=job.search.seed, client=client,
+                                 retries=job.train.retries,
+                                 checkpoint=stages.path(f"checkpoints/{family}.ubj"),
+                                 checkpoint_every=job.train.checkpoint_every)
+        predictor = Predictor(task=data.task, target=data.target, classes=classes,
+                              preprocessor=Pipeline(prefix.steps + tail.steps),
+                              model=fitted.model, threshold=job.evaluate.threshold,
+                              family=family)
+        clock = time.perf_counter()
+        holdout_metrics = _evaluate(client, predictor, parts["holdout"], job, slices=True)
+        predict_seconds = time.perf_counter() - clock
+        train_metrics = _evaluate(client, predictor, train_eval, job, slices=False)
+        entries[family] = {"search": found, "fit": fitted, "predictor": predictor,
+                           "holdout": holdout_metrics, "train": train_metrics,
+                           "peak_memory": peak.bytes, "predict_seconds": predict_seconds}
+        stages.put(f"family:{family}", _entry_files(entries[family]))
+        watch.lap(f"train:{family}", f"{family} ({fitted.training}): fitted in "
+                                     f"{fitted.seconds:.1f} s, holdout {job.primary_metric} = "
+                                     f"{_fmt(holdout_metrics.get(job.primary_metric))}")
+    del P_train, P_valid  # release the training matrices on the workers
+
+    # -- choose: the best mean CV score; ties by the lower fit cost -----------------------
+    winner = choose(searches, job.primary_metric)
+    chosen = entries[winner]
+    predictor, holdout_metrics = chosen["predictor"], chosen["holdout"]
     if data.task == "binary":
         predictor.threshold = float(holdout_metrics.get("chosen_threshold")
                                     or job.evaluate.threshold)
     head = evaluate.headline(holdout_metrics, data.task)
-    overfit = evaluate.overfit_check(train_metrics, holdout_metrics, job.evaluate.overfit_bound)
-    watch.lap("evaluate", f"holdout {job.primary_metric} = "
+    overfit = evaluate.overfit_check(chosen["train"], holdout_metrics,
+                                     job.evaluate.overfit_bound)
+    board = leaderboard(entries, winner, job, n_holdout)
+    watch.lap("evaluate", f"chosen: {winner}; holdout {job.primary_metric} = "
                           f"{_fmt(holdout_metrics.get(job.primary_metric))}")
+    fitted = chosen["fit"]
+    prep = predictor.preprocessor
 
     # -- bundle ---------------------------------------------------------------------------
     import cluster
@@ -213,9 +324,11 @@ def _run(job: JobSpec, client: Any) -> RunResult:
         "overfit": overfit,
         "rows": {"total": summary.rows, "train": n_train, "valid": n_valid,
                  "holdout": n_holdout},
-        "model": {"family": "xgboost", "params": fitted.params, "trees": fitted.n_estimators,
-                  "fit_seconds": round(fitted.seconds, 3), "learning_curve": fitted.history,
-                  "importance": _importance(fitted.booster)},
+        "model": {"family": winner, "training": fitted.training, "params": fitted.params,
+                  "fit_seconds": round(fitted.seconds, 3), **fitted.details,
+                  "importance": _importance(fitted.model, predictor, sample)},
+        "leaderboard": board,
+        "search": {family: found.to_json() for family, found in searches.items()},
         "threshold": predictor.threshold,
         "preprocess": {"steps": [name for name, _ in prep.steps],
                        "dropped": _dropped(prep), "duplicates_removed": duplicates},
@@ -223,14 +336,23 @@ def _run(job: JobSpec, client: Any) -> RunResult:
     }
     schema_doc = {
         "task": data.task, "target": data.target, "classes": classes,
-        "threshold": predictor.threshold, "family": "xgboost",
+        "threshold": predictor.threshold, "family": winner,
         "columns": {c: str(raw.dtypes[c]) for c in feature_columns},
         "id_columns": list(data.id_columns),
         "categories": {c: list(v) for c, v in _categories(prep).items()},
-        "model_inputs": [str(c) for c in fitted.booster.feature_names or []],
+        "model_inputs": [str(c) for c in predictor.transform(sample.head(1)).columns],
         "kernels": _kernel_fingerprints(prep),
     }
-    model_name, model_data = artifacts.model_bytes(fitted.booster)
+    model_name, model_data = artifacts.model_bytes(fitted.model)
+    meta = {
+        "name": job.name, "task": data.task, "family": winner,
+        "data": {"url": data.train, "fingerprint": source.fingerprint, "files":
+                 len(source.files), "bytes": source.bytes, "rows": summary.rows},
+        "headline": head, "cluster": cluster.describe(client),
+    }
+    perf.close()  # writes the Dask performance report of everything above
+    report_html = _report(job, metrics_doc, schema_doc, summary, meta, run_id, sample,
+                          sample_pred)
     files = {
         "job.yaml": job.to_yaml().encode(),
         "preprocessor.skops": artifacts.dumps_skops(prep),
@@ -240,23 +362,21 @@ def _run(job: JobSpec, client: Any) -> RunResult:
         "sample.parquet": _parquet(sample.assign(**{f"__pred_{c}": sample_pred[c]
                                                    for c in sample_pred.columns})),
         "data_summary.json": _json(summary.to_json()),
-    }
-    meta = {
-        "name": job.name, "task": data.task, "family": "xgboost",
-        "data": {"url": data.train, "fingerprint": source.fingerprint, "files":
-                 len(source.files), "bytes": source.bytes, "rows": summary.rows},
-        "headline": head, "cluster": cluster.describe(client),
+        "cv_results.parquet": _parquet(_cv_table(searches)),
+        "report.html": report_html.encode(),
+        PERFORMANCE_REPORT: Path(perf_path).read_bytes(),
     }
     manifest = artifacts.write_run(job.output, run_id, files, meta=meta,
                                    storage_options=options)
     artifacts.publish(job.output, job.name, manifest, storage_options=options,
-                      summary={"headline": head, "family": "xgboost"})
+                      summary={"headline": head, "family": winner})
+    stages.clear()  # published: nothing left to resume
     run_url = artifacts.join(job.output, "runs", run_id)
     model_url = artifacts.join(job.output, "models", job.name)
     watch.lap("bundle", f"bundle written: {run_url}")
     return RunResult(run_id=run_id, run_url=run_url, model_url=model_url, task=data.task,
                      metrics=metrics_doc, headline=head, manifest=manifest,
-                     timings=watch.stages)
+                     timings=watch.stages, leaderboard=board, family=winner)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -300,16 +420,253 @@ def check_declarations(job: JobSpec, meta: Any, feature_columns: Sequence[str]) 
         _require(job.preprocess.clip.columns, inputs, "preprocess.clip.columns", numeric=True)
 
 
-def resolve_params(job: JobSpec, family: str) -> dict[str, Any]:
-    """The family's parameters (its defaults under the job's)."""
+def check_models(job: JobSpec) -> None:
+    """Every family's parameter names and values, checked before any data is read."""
+    from pipeline.models import inner_estimator, make_estimator
+    from pipeline.select import split_grid
+    from pipeline.train import xgb_params
+
+    for family, params in job.models.items():
+        fixed, searched = split_grid(params)
+        first = {k: v[0] for k, v in searched.items() if isinstance(v, list)}
+        if family in ("xgboost", "random_forest"):
+            xgb_params({**_defaults(family, job), **fixed, **first}, task=job.data.task,
+                       n_classes=None, seed=job.search.seed, family=family)
+            continue
+        estimator = inner_estimator(make_estimator(family, job.data.task, {**fixed, **first}))
+        if hasattr(type(estimator), "_parameter_constraints"):
+            try:  # scikit-learn's own parameter constraints, without fitting
+                estimator._validate_params()
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"models.{family}: {exc}") from None
+
+
+def _defaults(family: str, job: JobSpec) -> dict[str, Any]:
+    from pipeline.models import defaults
+
+    return defaults(family, job.data.task)
+
+
+def _candidates(params: Mapping[str, Any], n_iter: int) -> int:
+    import math
+
+    lists = [len(v) for v in params.values() if isinstance(v, list)]
+    if any(isinstance(v, dict) for v in params.values()):
+        return n_iter
+    return math.prod(lists) if lists else 1
+
+
+def _search(job: JobSpec, sample: Any, feature_columns: Sequence[str], classes: Any,
+            client: Any, watch: Stopwatch, full: tuple) -> dict[str, Any]:
+    """Each family's best candidate (no CV at all when there is nothing to choose between)."""
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
+
+    from pipeline import select
+    from pipeline.models import make_estimator
+    from pipeline.preprocess import prefix_steps, tail_steps
+
+    task, search = job.data.task, job.search
+    counts = {f: _candidates(p, search.n_iter) for f, p in job.models.items()}
+    if len(counts) == 1 and next(iter(counts.values())) == 1:
+        family = next(iter(counts))
+        return {family: select.SearchResult(
+            family=family, method="none", best_params=dict(job.models[family]), cv_mean=None,
+            cv_std=None, fit_seconds=0.0, candidates=1, cv_results=pd.DataFrame())}
+    y = (_encode_partition(sample[job.data.target], classes) if classes
+         else sample[job.data.target].to_numpy(dtype="float64"))
+    X = sample[list(feature_columns)]
+    n_classes = len(classes) if classes else None
+    out = {}
+    for family, params in job.models.items():
+        if search.strategy == "full" and family == "xgboost":
+            found = select.search_full(job, params, full, n_classes, client)
+        else:
+            fixed, _ = select.split_grid(params)
+            pipeline = Pipeline(prefix_steps(job, feature_columns, n_classes)
+                                + tail_steps(job, family)
+                                + [("model", make_estimator(family, task, fixed,
+                                                            search.seed))])
+            rows = select.family_rows(family, search.sample_rows)
+            found = select.search_family(
+                family, pipeline, X.iloc[:rows], y[:rows], params=params, task=task,
+                primary=job.primary_metric, method=search.method, cv=search.cv,
+                n_iter=search.n_iter, factor=search.factor, seed=search.seed, client=client)
+        spread = f" ± {found.cv_std:.4f}" if found.cv_std is not None else ""
+        watch.lap(f"search:{family}", f"{family}: {found.candidates} candidate(s), "
+                                      f"{found.method} search, best {job.primary_metric} = "
+                                      f"{_fmt(found.cv_mean)}{spread}")
+        out[family] = found
+    return out
+
+
+def _sample(frame: Any, rows: int, seed: int) -> Any:
+    """About ``rows`` training rows, chosen by content hash (the same on any partitioning)."""
+    import numpy as np
+
+    from pipeline.frames import compute, reduce_partitions, row_hash
+
+    (n,) = compute(frame.shape[0])
+    share = min(1.0, rows / max(int(n), 1))
+    threshold = np.uint64(min(int(share * 2**64), 2**64 - 1))
+
+    def keep(df: Any) -> Any:
+        if share >= 1:
+            return df
+        return df[row_hash(df, seed + 31) <= threshold]
+
+    import pandas as pd
+
+    (sample,) = compute(reduce_partitions(frame, keep, lambda *p: pd.concat(p)))
+    # a stable order (by hash) so "the first n rows" of a family's smaller sample are random
+    order = np.argsort(row_hash(sample, seed + 37), kind="stable")
+    return sample.iloc[order].reset_index(drop=True)
+
+
+class _peak_memory:
+    """The cluster's peak process memory while the block runs (distributed's sampler)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.bytes: int | None = None
+
+    def __enter__(self) -> _peak_memory:
+        from distributed.diagnostics import MemorySampler
+
+        self._sampler = MemorySampler()
+        self._context = self._sampler.sample("fit", client=self.client, measure="process",
+                                             interval=0.25)
+        self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._context.__exit__(*exc)
+        series = self._sampler.to_pandas()
+        self.bytes = int(series.max().max()) if len(series) else None
+
+
+def choose(searches: Mapping[str, Any], primary: str) -> str:
+    """The selection rule across families: best mean CV score, ties by lower fit time."""
+    from pipeline.models import GREATER_IS_BETTER
+
+    def key(family: str) -> tuple:
+        found = searches[family]
+        score = found.cv_mean
+        if score is None:
+            return (float("inf"), found.fit_seconds)
+        return (-score if GREATER_IS_BETTER[primary] else score, found.fit_seconds)
+
+    return min(searches, key=key)
+
+
+def leaderboard(entries: Mapping[str, Mapping[str, Any]], winner: str, job: JobSpec,
+                n_holdout: int) -> list[dict[str, Any]]:
+    """One row per family: CV, holdout, overfit gap, cost, and how it was trained."""
+    from pipeline import evaluate
     from pipeline.models import FAMILIES
 
-    given = dict(job.models.get(family, {}))
-    lists = sorted(k for k, v in given.items() if isinstance(v, list))
-    if lists:
-        raise ValueError(f"models.{family}: {lists} list several candidates; hyperparameter "
-                         "search is not available in this version: give one value each")
-    return {**FAMILIES[family]["defaults"], **given}
+    primary = job.primary_metric
+    rows = []
+    for family, entry in entries.items():
+        found, fitted = entry["search"], entry["fit"]
+        holdout = evaluate.headline(entry["holdout"], job.data.task)
+        train = evaluate.headline(entry["train"], job.data.task)
+        gap = evaluate.overfit_check(entry["train"], entry["holdout"],
+                                     job.evaluate.overfit_bound)
+        rows.append({
+            "family": family, "chosen": family == winner, "training": fitted.training,
+            "how": FAMILIES[family]["how"], "metric": primary,
+            "cv_mean": found.cv_mean, "cv_std": found.cv_std, "candidates": found.candidates,
+            "search": found.method, "params": fitted.params, "holdout": holdout,
+            "train": train, "gap": gap.get("metrics", {}).get(primary, {}).get("gap"),
+            "overfit": bool(gap.get("overfit")), "fit_seconds": round(fitted.seconds, 3),
+            "search_seconds": round(found.seconds, 3),
+            "predict_rows_per_s": round(n_holdout / max(entry["predict_seconds"], 1e-9)),
+            "peak_memory_bytes": entry["peak_memory"],
+        })
+    return rows
+
+
+def _search_files(searches: Mapping[str, Any]) -> dict[str, bytes]:
+    return {"search.json": _json({f: r.to_json() for f, r in searches.items()}),
+            "cv_results.parquet": _parquet(_cv_table(searches))}
+
+
+def _load_searches(files: Mapping[str, bytes] | None) -> dict[str, Any] | None:
+    """The search stage of an earlier run, as SearchResults (None: not done)."""
+    if files is None:
+        return None
+    import pandas as pd
+
+    from pipeline.select import SearchResult
+
+    docs = json.loads(files["search.json"])
+    table = pd.read_parquet(io.BytesIO(files["cv_results.parquet"]))
+    out = {}
+    for family, doc in docs.items():
+        rows = table[table["family"] == family].copy() if "family" in table else table.iloc[:0]
+        if len(rows):
+            rows["params"] = rows["params"].map(json.loads)
+        out[family] = SearchResult(
+            family=family, method=doc["method"], best_params=doc["best_params"],
+            cv_mean=doc["cv_mean"], cv_std=doc["cv_std"], fit_seconds=doc["fit_seconds"],
+            candidates=doc["candidates"], cv_results=rows.reset_index(drop=True),
+            seconds=doc["seconds"])
+    return out
+
+
+def _entry_files(entry: Mapping[str, Any]) -> dict[str, bytes]:
+    """A family's trained model, preprocessor and evaluation, for the stage store."""
+    from pipeline import artifacts
+
+    fitted = entry["fit"]
+    name, data = artifacts.model_bytes(fitted.model)
+    doc = {"fit": {"training": fitted.training, "params": fitted.params,
+                   "seconds": fitted.seconds, "rows": fitted.rows, "details": fitted.details},
+           "holdout": entry["holdout"], "train": entry["train"],
+           "peak_memory": entry["peak_memory"], "predict_seconds": entry["predict_seconds"]}
+    return {name: data, "preprocessor.skops": artifacts.dumps_skops(
+        entry["predictor"].preprocessor), "entry.json": _json(doc)}
+
+
+def _load_entry(files: Mapping[str, bytes], found: Any, job: JobSpec,
+                classes: Any) -> dict[str, Any]:
+    from pipeline import artifacts
+    from pipeline.predictor import Predictor
+    from pipeline.train import Refit
+
+    doc = json.loads(files["entry.json"])
+    if "model.ubj" in files:
+        import xgboost
+
+        model = xgboost.Booster()
+        model.load_model(bytearray(files["model.ubj"]))
+    else:
+        model = artifacts.loads_skops(files["model.skops"], f"stage {found.family}")
+    fit = doc["fit"]
+    fitted = Refit(found.family, fit["training"], model, fit["params"], fit["seconds"],
+                   fit["rows"], fit["details"])
+    predictor = Predictor(task=job.data.task, target=job.data.target, classes=classes,
+                          preprocessor=artifacts.loads_skops(files["preprocessor.skops"],
+                                                             f"stage {found.family}"),
+                          model=model, threshold=job.evaluate.threshold, family=found.family)
+    return {"search": found, "fit": fitted, "predictor": predictor, "holdout": doc["holdout"],
+            "train": doc["train"], "peak_memory": doc["peak_memory"],
+            "predict_seconds": doc["predict_seconds"]}
+
+
+def _cv_table(searches: Mapping[str, Any]) -> Any:
+    import json
+
+    import pandas as pd
+
+    tables = [found.cv_results.assign(params=lambda d: d["params"].map(
+        lambda p: json.dumps(p, sort_keys=True, default=str)))
+        for found in searches.values() if len(found.cv_results)]
+    if not tables:
+        return pd.DataFrame({"family": pd.Series(dtype="str"),
+                             "params": pd.Series(dtype="str")})
+    return pd.concat(tables, ignore_index=True)
 
 
 def _evaluate(client: Any, predictor: Any, frame: Any, job: JobSpec, *, slices: bool) -> dict:
@@ -337,10 +694,22 @@ def _evaluation_partition(df: Any, predictor: Any, keep: list[str]) -> Any:
     return predictor.evaluation_frame(df, keep=keep)
 
 
-def _importance(booster: Any) -> dict[str, float]:
-    """Total gain per model input, largest first (XGBoost's own measure)."""
-    gain = booster.get_score(importance_type="total_gain")
-    return {k: float(v) for k, v in sorted(gain.items(), key=lambda kv: -kv[1])}
+def _importance(model: Any, predictor: Any, sample: Any) -> dict[str, float]:
+    """Feature importance, largest first: XGBoost's total gain, a tree's impurity decrease,
+    or a linear model's |coefficient| on the scaled inputs; empty where none is defined."""
+    import numpy as np
+
+    if type(model).__name__ == "Booster":
+        gain = model.get_score(importance_type="total_gain")
+        return {k: float(v) for k, v in sorted(gain.items(), key=lambda kv: -kv[1])}
+    names = list(predictor.transform(sample.head(1)).columns)
+    values = getattr(model, "feature_importances_", None)
+    if values is None and getattr(model, "coef_", None) is not None:
+        values = np.abs(np.atleast_2d(model.coef_)).sum(axis=0)
+    if values is None or len(values) != len(names):
+        return {}
+    pairs = sorted(zip(names, map(float, values)), key=lambda kv: -kv[1])
+    return {k: v for k, v in pairs if v > 0}
 
 
 def _categories(prep: Any) -> dict[str, list[str]]:
@@ -366,6 +735,38 @@ def _kernel_fingerprints(prep: Any) -> dict[str, str]:
 
 def _dropped(prep: Any) -> list[dict[str, str]]:
     return [d for _, step in prep.steps for d in getattr(step, "dropped_", [])]
+
+
+def _report(job: JobSpec, metrics: Mapping[str, Any], schema: Mapping[str, Any],
+            summary: Any, meta: Mapping[str, Any], run_id: str, sample: Any,
+            predictions: Any) -> str:
+    """The self-contained report.html of this run (pipeline/report.py)."""
+    import yaml
+
+    from pipeline import report
+
+    docs = {
+        "job": yaml.safe_load(job.to_yaml()), "metrics": json.loads(_json(metrics)),
+        "schema": json.loads(_json(schema)), "data_summary": summary.to_json(),
+        "manifest": {**json.loads(_json(dict(meta))), "run_id": run_id,
+                     "created_at": _utcnow(), "versions": _versions()},
+        "sample": sample.assign(**{f"__pred_{c}": predictions[c]
+                                   for c in predictions.columns}),
+        "performance_report": PERFORMANCE_REPORT,
+    }
+    return report.render(docs)
+
+
+def _utcnow() -> str:
+    from pipeline.artifacts import utcnow
+
+    return utcnow()
+
+
+def _versions() -> dict[str, Any]:
+    from pipeline.artifacts import library_versions
+
+    return library_versions()
 
 
 def _json(doc: Any) -> bytes:

@@ -1,11 +1,16 @@
-"""The final distributed fit on all training rows.
+"""The final fit of each family's best candidate on the training rows, its own way.
 
-XGBoost trains with ``xgboost.dask`` on the cluster: a ``DaskQuantileDMatrix`` built from the
-persisted, preprocessed partitions (it keeps only the quantised matrix, not a float copy),
-early stopping on the validation fold, native categoricals. Parameters keep scikit-learn's
-names (``max_depth``, ``learning_rate``, ``n_estimators``) so that a winner of an in-memory
-search with ``XGBClassifier`` refits here unchanged: ``XGBModel.get_xgb_params`` does the
-translation.
+XGBoost (and XGBoost random forests) train with ``xgboost.dask`` on the cluster: a
+``DaskQuantileDMatrix`` built from the persisted, preprocessed partitions (it keeps only the
+quantised matrix, not a float copy), early stopping on the validation fold, native
+categoricals. Parameters keep scikit-learn's names (``max_depth``, ``learning_rate``,
+``n_estimators``) so that a winner of an in-memory search with ``XGBClassifier`` refits here
+unchanged: ``XGBModel.get_xgb_params`` does the translation.
+
+Other families refit as :mod:`pipeline.models` says (:func:`refit`): dask-ml's logistic
+regression on all rows, ``partial_fit`` over every partition, or scikit-learn on a sample. The
+fitted model is always a plain scikit-learn estimator or an XGBoost booster, so it is stored
+with skops or natively, never pickled.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,8 @@ class XGBFit:
     best_iteration: int
     history: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: one entry per training attempt: {attempt, resumed_from, ok, error?, lost?}
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def eval_metrics(task: str) -> list[str]:
@@ -42,7 +51,7 @@ def eval_metrics(task: str) -> list[str]:
 
 
 def xgb_params(params: Mapping[str, Any], *, task: str, n_classes: int | None,
-               seed: int) -> tuple[dict[str, Any], int]:
+               seed: int, family: str = "xgboost") -> tuple[dict[str, Any], int]:
     """Booster parameters and the number of rounds, from scikit-learn style parameters.
 
     Examples
@@ -54,24 +63,25 @@ def xgb_params(params: Mapping[str, Any], *, task: str, n_classes: int | None,
     """
     import difflib
 
-    import xgboost
+    from pipeline.models import estimator_class
 
     given = {k: v for k, v in params.items() if k not in _MANAGED}
     given.setdefault("random_state", seed)
-    cls = xgboost.XGBRegressor if task == "regression" else xgboost.XGBClassifier
+    cls = estimator_class(family, task)  # XGB(RF)Classifier / XGB(RF)Regressor
     known = set(cls().get_params())
     for name in given:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"models.xgboost: unknown parameter {name!r}{hint} (parameters "
+            raise ValueError(f"models.{family}: unknown parameter {name!r}{hint} (parameters "
                              f"of {cls.__name__}: {', '.join(sorted(known))})")
     model = cls(**given)
-    booster = model.get_xgb_params()
     try:
-        n_rounds = int(model.n_estimators or 100)
+        booster = model.get_xgb_params()
+        # a random forest is one round of n_estimators parallel trees (num_parallel_tree)
+        n_rounds = int(model.get_num_boosting_rounds())
     except (TypeError, ValueError):
-        raise ValueError(f"models.xgboost.n_estimators must be an integer, got "
+        raise ValueError(f"models.{family}.n_estimators must be an integer, got "
                          f"{model.n_estimators!r}") from None
     # keep only what was set; XGBoost's defaults apply to the rest
     booster = {k: v for k, v in booster.items() if v is not None}
@@ -101,44 +111,246 @@ def _try(booster: Mapping[str, Any], task: str) -> None:
         xgboost.train({**booster, "nthread": 1}, matrix, 1)
     except xgboost.core.XGBoostError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ValueError(f"models.xgboost: XGBoost refuses these parameters: {first}") \
-            from None
+        raise ValueError(f"models: XGBoost refuses these parameters: {first}") from None
+
+
+class TrainingError(RuntimeError):
+    """Training failed (after the allowed retries); nothing from it is published."""
 
 
 def fit_xgboost(X_train: Any, y_train: Any, X_valid: Any, y_valid: Any, *,
                 params: Mapping[str, Any], task: str, n_classes: int | None,
                 early_stopping_rounds: int | None, seed: int = 0,
-                client: Any = None) -> XGBFit:
+                client: Any = None, family: str = "xgboost", retries: int = 0,
+                checkpoint: tuple[Any, str] | None = None,
+                checkpoint_every: int = 50) -> XGBFit:
     """Train with ``xgboost.dask`` on the cluster; returns the booster cut at its best round.
 
     ``X_*`` are dask DataFrames (categoricals with known categories), ``y_*`` dask Series of
     class codes / values, all from the same persisted collection (aligned partitions).
+
+    xgboost.dask cannot survive a lost worker ("Ring Allreduce failed"; dmlc/xgboost#9419), so
+    a failed attempt during which the cluster lost a worker is retried, up to ``retries``
+    times: the matrices are rebuilt (Dask recomputes lost input partitions by lineage) and,
+    with ``checkpoint`` = ``(filesystem, path)``, training resumes from the last booster saved
+    every ``checkpoint_every`` rounds rather than from round 0. A checkpoint left by an earlier
+    run of the same job and data is resumed from as well.
     """
     from distributed import get_client
-    from xgboost import dask as dxgb
 
     client = client or get_client()
-    booster_params, n_rounds = xgb_params(params, task=task, n_classes=n_classes, seed=seed)
+    booster_params, n_rounds = xgb_params(params, task=task, n_classes=n_classes, seed=seed,
+                                          family=family)
+    if n_rounds == 1:  # a random forest: one round, nothing to stop early
+        early_stopping_rounds = None
+    if X_valid is None:
+        early_stopping_rounds = None
     start = time.perf_counter()
+    history: dict[str, dict[str, list[float]]] = {}
+    attempts: list[dict[str, Any]] = []
+    for attempt in range(retries + 1):
+        resume = _read_checkpoint(checkpoint)
+        done = resume.num_boosted_rounds() if resume is not None else 0
+        history = {n: {m: v[:done] for m, v in c.items()} for n, c in history.items()}
+        workers = set(client.scheduler_info(n_workers=-1)["workers"])
+        try:
+            output = _train_once(client, booster_params, X_train, y_train, X_valid, y_valid,
+                                 rounds=n_rounds - done, resume=resume,
+                                 early_stopping_rounds=early_stopping_rounds,
+                                 checkpoint=checkpoint, every=checkpoint_every)
+            attempts.append({"attempt": attempt + 1, "resumed_from": done, "ok": True})
+            break
+        except Exception as exc:
+            now = set(client.scheduler_info(n_workers=-1)["workers"])
+            lost = sorted(workers - now)
+            attempts.append({"attempt": attempt + 1, "resumed_from": done, "ok": False,
+                             "error": f"{type(exc).__name__}: {exc}"[:300], "lost": lost})
+            if not lost and not _looks_like_lost_worker(exc):
+                raise  # a real error (bad data, bad parameters): retrying cannot help
+            if attempt == retries:
+                raise TrainingError(
+                    f"{family} training failed after {attempt + 1} attempt(s): the cluster "
+                    f"lost worker(s) {lost or '(unknown)'} ({type(exc).__name__}: {exc}). Add "
+                    "workers or memory, or raise train.retries") from exc
+            logger.warning("%s training lost worker(s) %s at attempt %d: retrying from round "
+                           "%d", family, lost or "(unknown)", attempt + 1,
+                           _rounds(_read_checkpoint(checkpoint)))
+            _wait_for_workers(client, max(1, len(workers)))
+    booster = output["booster"]
+    for name, curves in output["history"].items():
+        for metric, values in curves.items():
+            history.setdefault(name, {}).setdefault(metric, []).extend(float(v) for v in values)
+    best = booster.best_iteration if early_stopping_rounds else None
+    best = int(best if best is not None else booster.num_boosted_rounds() - 1)
+    if best + 1 < booster.num_boosted_rounds():
+        booster = booster[: best + 1]  # the saved model is exactly the one evaluated
+    seconds = time.perf_counter() - start
+    logger.debug("%s: %d rounds (best %d) in %.1f s", family, n_rounds, best + 1, seconds)
+    return XGBFit(booster=booster, params={**dict(params), "n_estimators": n_rounds},
+                  n_estimators=best + 1, best_iteration=best, history=history,
+                  seconds=seconds, attempts=attempts)
+
+
+def _train_once(client: Any, params: Mapping[str, Any], X_train: Any, y_train: Any,
+                X_valid: Any, y_valid: Any, *, rounds: int, resume: Any,
+                early_stopping_rounds: int | None, checkpoint: tuple[Any, str] | None,
+                every: int) -> dict[str, Any]:
+    from xgboost import dask as dxgb
+
     dtrain = dxgb.DaskQuantileDMatrix(client, X_train, y_train, enable_categorical=True)
     evals = [(dtrain, "train")]
     if X_valid is not None:
         dvalid = dxgb.DaskQuantileDMatrix(client, X_valid, y_valid, ref=dtrain,
                                           enable_categorical=True)
         evals.append((dvalid, "valid"))
-    output = dxgb.train(client, booster_params, dtrain, num_boost_round=n_rounds, evals=evals,
-                        early_stopping_rounds=early_stopping_rounds if X_valid is not None
-                        else None, verbose_eval=False)
-    booster = output["booster"]
-    best = booster.best_iteration if early_stopping_rounds and X_valid is not None \
-        else booster.num_boosted_rounds() - 1
-    best = int(best if best is not None else booster.num_boosted_rounds() - 1)
-    if best + 1 < booster.num_boosted_rounds():
-        booster = booster[: best + 1]  # the saved model is exactly the one evaluated
-    history = {name: {metric: [float(v) for v in values] for metric, values in curves.items()}
-               for name, curves in output["history"].items()}
-    seconds = time.perf_counter() - start
-    logger.debug("xgboost: %d rounds (best %d) in %.1f s", len(next(iter(
-        next(iter(history.values())).values()), [])), best + 1, seconds)
-    return XGBFit(booster=booster, params={**dict(params), "n_estimators": n_rounds},
-                  n_estimators=best + 1, best_iteration=best, history=history, seconds=seconds)
+    from pipeline.checkpoint import StoreCheckpoint
+
+    callbacks = [StoreCheckpoint(checkpoint, every)] if checkpoint and every else None
+    if rounds <= 0:  # a checkpoint of the whole training: nothing left to do
+        return {"booster": resume, "history": {}}
+    return dxgb.train(client, dict(params), dtrain, num_boost_round=rounds, evals=evals,
+                      early_stopping_rounds=early_stopping_rounds, verbose_eval=False,
+                      xgb_model=resume, callbacks=callbacks)
+
+
+def _looks_like_lost_worker(exc: BaseException) -> bool:
+    """Errors xgboost.dask / distributed raise when a worker goes away mid-training."""
+    text = f"{type(exc).__name__} {exc}"
+    return any(s in text for s in ("Allreduce", "allreduce", "Missing required workers",
+                                   "CommClosedError", "KilledWorker", "lost dependencies",
+                                   "Connection reset", "Socket", "socket"))
+
+
+def _wait_for_workers(client: Any, n: int, timeout: float = 120.0) -> None:
+    """Nannies restart killed workers; wait (bounded) for the cluster to be whole again."""
+    try:
+        client.wait_for_workers(n, timeout=timeout)
+    except TimeoutError:
+        client.wait_for_workers(1, timeout=timeout)  # carry on with fewer, or fail clearly
+
+
+def _read_checkpoint(target: tuple[Any, str] | None) -> Any:
+    if target is None:
+        return None
+    import xgboost
+
+    fs, path = target
+    try:
+        raw = fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    booster = xgboost.Booster()
+    booster.load_model(bytearray(raw))
+    return booster
+
+
+def _rounds(booster: Any) -> int:
+    return booster.num_boosted_rounds() if booster is not None else 0
+
+
+# --------------------------------------------------------------------------- every family
+
+
+@dataclass
+class Refit:
+    """A family's model refitted for the leaderboard (and, for the winner, the bundle)."""
+
+    family: str
+    training: str
+    model: Any  # an xgboost.Booster or a fitted scikit-learn estimator
+    params: dict[str, Any]
+    seconds: float
+    rows: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def refit(family: str, task: str, params: Mapping[str, Any], *, X_train: Any, y_train: Any,
+          X_valid: Any, y_valid: Any, sample: tuple[Any, Any] | None, n_classes: int | None,
+          early_stopping_rounds: int | None, seed: int, client: Any, retries: int = 0,
+          checkpoint: tuple[Any, str] | None = None, checkpoint_every: int = 0) -> Refit:
+    """Fit ``family`` with ``params`` on the training rows the way the family scales.
+
+    ``X_*``/``y_*`` are the preprocessed dask collections (persisted, aligned); ``sample`` is
+    the same preprocessing applied to the in-memory sample (pandas), used by ``sample``
+    families. ``retries``/``checkpoint``: see :func:`fit_xgboost` (XGBoost families).
+    """
+    from pipeline.models import FAMILIES, defaults, make_estimator, training_mode
+
+    mode = training_mode(family, task)
+    start = time.perf_counter()
+    if family in ("xgboost", "random_forest"):
+        params = {**defaults(family, task), **params}
+        fit = fit_xgboost(X_train, y_train, X_valid, y_valid, params=params, task=task,
+                          n_classes=n_classes, early_stopping_rounds=early_stopping_rounds,
+                          seed=seed, client=client, family=family, retries=retries,
+                          checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        details = {"trees": fit.n_estimators, "learning_curve": fit.history,
+                   "attempts": fit.attempts}
+        return Refit(family, mode, fit.booster, fit.params, fit.seconds,
+                     rows=-1, details=details)
+    estimator = make_estimator(family, task, params, seed)
+    if mode == "sample":
+        X, y = sample
+        estimator.fit(X.to_numpy(dtype="float64"), np.asarray(y))
+        rows = len(X)
+    elif mode == "distributed":  # dask-glm logistic regression (binary)
+        estimator, rows = _fit_dask_glm(estimator, X_train, y_train, client)
+    else:
+        estimator, rows = _fit_incremental(estimator, X_train, y_train, n_classes,
+                                           int(FAMILIES[family].get("epochs", 1)), seed)
+    return Refit(family, mode, estimator, dict(params), time.perf_counter() - start, rows)
+
+
+def _arrays(X: Any, y: Any) -> tuple[Any, Any, int]:
+    """Dask arrays with known chunks (one pass to learn partition lengths), persisted."""
+    from distributed import wait
+
+    Xa = X.astype("float64").to_dask_array(lengths=True)
+    ya = y.to_dask_array(lengths=True)
+    Xa, ya = Xa.persist(), ya.persist()
+    wait([Xa, ya])
+    return Xa, ya, int(Xa.shape[0])
+
+
+def _fit_dask_glm(estimator: Any, X: Any, y: Any, client: Any) -> tuple[Any, int]:
+    """dask-ml's LogisticRegression on all rows, returned as scikit-learn's (for skops)."""
+    import inspect
+
+    from dask_ml.linear_model import LogisticRegression as DaskLR
+
+    params = estimator.get_params()
+    kwargs = {k: params[k] for k in ("C", "max_iter", "tol", "fit_intercept") if k in params}
+    penalty = params.get("penalty")
+    if penalty in (None, "deprecated"):  # scikit-learn >= 1.8 says it with l1_ratio
+        ratio = params.get("l1_ratio") or 0.0
+        penalty = "l2" if ratio == 0 else "l1" if ratio == 1 else "elastic_net"
+    assert set(kwargs) <= set(inspect.signature(DaskLR.__init__).parameters)
+    Xa, ya, rows = _arrays(X, y)
+    # lbfgs needs a smooth penalty; admm handles l1 / elastic net
+    solver = "lbfgs" if penalty == "l2" else "admm"
+    model = DaskLR(solver=solver, penalty=penalty, **kwargs).fit(Xa, ya)
+    estimator.classes_ = np.array([0, 1])
+    estimator.coef_ = np.asarray(model.coef_, dtype=np.float64).reshape(1, -1)
+    estimator.intercept_ = np.atleast_1d(np.asarray(model.intercept_, dtype=np.float64))
+    estimator.n_features_in_ = estimator.coef_.shape[1]
+    estimator.n_iter_ = np.array([estimator.max_iter])
+    return estimator, rows
+
+
+def _fit_incremental(estimator: Any, X: Any, y: Any, n_classes: int | None, epochs: int,
+                     seed: int) -> tuple[Any, int]:
+    """``partial_fit`` over every block, ``epochs`` passes (blocks shuffled per pass)."""
+    from dask_ml.wrappers import Incremental
+    from sklearn.base import is_classifier
+
+    Xa, ya, rows = _arrays(X, y)
+    if hasattr(estimator, "regressor"):  # a standardised target: its exact mean and scale
+        import dask
+
+        mean, std = dask.compute(ya.mean(), ya.std())
+        estimator.set_params(mean=float(mean), scale=float(std))
+    wrapper = Incremental(estimator, shuffle_blocks=True, random_state=seed)
+    extra = {"classes": np.arange(n_classes or 2)} if is_classifier(estimator) else {}
+    for _ in range(epochs):
+        wrapper.partial_fit(Xa, ya, **extra)
+    return wrapper.estimator_, rows

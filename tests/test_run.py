@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from pipeline import load_model
 from pipeline.artifacts import BundleError
@@ -184,21 +185,37 @@ def test_bad_declarations_fail_before_any_compute(client, tmp_path: Path, demo_d
 
 
 class CountTasks:
-    """How many tasks the scheduler ran while the block ran (on a private client session)."""
+    """How many tasks started running on the cluster while the block ran.
+
+    A scheduler plugin counts transitions to ``processing`` (releases of earlier tests'
+    data, which happen lazily, are not counted).
+    """
 
     def __init__(self, client) -> None:
         self.client = client
         self.tasks = 0
 
     def __enter__(self) -> CountTasks:
-        self._start = self.client.run_on_scheduler(_finished_tasks)
+        self.client.register_plugin(_Started(), name="count-started")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.tasks = self.client.run_on_scheduler(_finished_tasks) - self._start
+        self.tasks = self.client.run_on_scheduler(_started_and_remove)
 
 
-def _finished_tasks(dask_scheduler=None) -> int:
-    return sum(prefix.state_counts.get("memory", 0) + prefix.state_counts.get("released", 0)
-               + prefix.state_counts.get("forgotten", 0) + prefix.state_counts.get("erred", 0)
-               for prefix in dask_scheduler.task_prefixes.values())
+def _started_and_remove(dask_scheduler=None) -> int:
+    plugin = dask_scheduler.plugins.pop("count-started")
+    return plugin.started
+
+
+class _Started(SchedulerPlugin):
+    """Counts tasks that start processing."""
+
+    name = "count-started"
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if finish == "processing":
+            self.started += 1

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_strategies import SETTINGS, N, float_arrays, rng
 
 from kernels import bin_counts, bin_index, quantile_edges, uniform_bin_counts
+from tests.kernels import reference as ref
+from tests.kernels.kernel_strategies import SETTINGS, N, float_arrays, rng
 
 
 def _data(n=N, seed=0):

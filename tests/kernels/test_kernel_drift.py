@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_strategies import SETTINGS, rng
 
 from kernels import bin_counts, chi_square, ks_from_counts, psi, quantile_edges
+from tests.kernels import reference as ref
+from tests.kernels.kernel_strategies import SETTINGS, rng
 
 
 def _hist_pair(shift=0.3, seed=0):

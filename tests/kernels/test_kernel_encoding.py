@@ -1,9 +1,7 @@
 import numpy as np
 import pytest
-import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_strategies import JIT, SETTINGS, N, code_arrays, float_arrays, rng
 
 from kernels import (
     count_encode,
@@ -15,6 +13,8 @@ from kernels import (
     target_stats,
     target_stats_folds,
 )
+from tests.kernels import reference as ref
+from tests.kernels.kernel_strategies import JIT, SETTINGS, N, code_arrays, float_arrays, rng
 
 
 def _random_codes(n=N, n_levels=50, seed=0, dtype=np.int64):

@@ -1,9 +1,7 @@
 import numpy as np
 import pytest
-import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_strategies import JIT, SETTINGS, N, float_arrays, rng
 
 from kernels import (
     box_cox,
@@ -13,6 +11,8 @@ from kernels import (
     yeo_johnson,
     yeo_johnson_lambda,
 )
+from tests.kernels import reference as ref
+from tests.kernels.kernel_strategies import JIT, SETTINGS, N, float_arrays, rng
 
 scipy_stats = pytest.importorskip("scipy.stats")
 scipy_special = pytest.importorskip("scipy.special")

@@ -2,12 +2,12 @@ import statistics
 
 import numpy as np
 import pytest
-import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_strategies import JIT, SETTINGS, floats, rng
 
 from kernels import group_lag, group_rolling
+from tests.kernels import reference as ref
+from tests.kernels.kernel_strategies import JIT, SETTINGS, floats, rng
 
 N_ROLL = 1500 if JIT else 400  # the reference uses exact rational arithmetic: slow
 

@@ -450,6 +450,11 @@ def test_overfit_check_and_headline() -> None:
     assert "precision" not in out["metrics"]  # undefined on one side
     assert out["flagged"] == ["roc_auc", "log_loss"] and out["overfit"] is True
     assert overfit_check(train, train, 0.0)["overfit"] is False
+    # metrics in the target's unit are judged relative to the train value
+    money = overfit_check({"rmse": 40_000.0, "r2": 0.90}, {"rmse": 41_000.0, "r2": 0.88}, 0.05)
+    assert money["metrics"]["rmse"]["relative_gap"] == pytest.approx(0.025)
+    assert money["flagged"] == []
+    assert overfit_check({"rmse": 40_000.0}, {"rmse": 48_000.0}, 0.05)["flagged"] == ["rmse"]
     with pytest.raises(ValueError, match="bound"):
         overfit_check(train, holdout, float("nan"))
 

@@ -1,0 +1,233 @@
+"""Model families and hyperparameter search (grid, random, halving, full) on a real cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import JobError, load_job
+from pipeline.models import FAMILIES, make_estimator, training_mode
+from pipeline.select import best_row, search_family, split_grid
+
+pytestmark = pytest.mark.integration
+
+
+def data(task: str = "binary", n: int = 1500, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"a": rng.normal(size=n), "b": rng.exponential(size=n),
+                      "k": rng.choice(["p", "q", "r"], n)})
+    X["k"] = X["k"].astype("str")
+    signal = X["a"] + np.log1p(X["b"]) + (X["k"] == "q") + rng.normal(0, 0.7, n)
+    if task == "regression":
+        return X, signal.to_numpy()
+    return X, (signal > signal.median()).to_numpy().astype(int)
+
+
+def job(**models: dict) -> object:
+    return load_job({"name": "t", "output": "/tmp/unused",
+                     "data": {"train": "/tmp/unused", "target": "y", "task": "binary"},
+                     "models": models or {"xgboost": {}}})
+
+
+def pipeline_for(family: str, task: str = "binary", **fixed: object) -> object:
+    from sklearn.pipeline import Pipeline
+
+    from pipeline.preprocess import tail_steps
+
+    spec = job()
+    return Pipeline(tail_steps(spec, family)
+                    + [("model", make_estimator(family, task, fixed, seed=0))])
+
+
+def test_every_family_is_declared_honestly() -> None:
+    assert set(FAMILIES) == {"xgboost", "random_forest", "decision_tree", "logistic_regression",
+                             "linear_svm", "svm", "naive_bayes", "knn", "mlp"}
+    for family, entry in FAMILIES.items():
+        for task in entry["tasks"]:
+            assert training_mode(family, task) in ("distributed", "incremental", "sample")
+            make_estimator(family, task, {})  # every declared task builds
+        assert entry["how"]
+
+
+def test_a_family_that_cannot_do_the_task_fails_at_validation() -> None:
+    with pytest.raises(JobError, match="models.naive_bayes: the naive_bayes family cannot do "
+                                       "regression"):
+        load_job({"name": "t", "output": "o", "models": {"naive_bayes": {}},
+                  "data": {"train": "x", "target": "y", "task": "regression"}})
+
+
+def test_unknown_parameter_and_bad_distribution() -> None:
+    with pytest.raises(ValueError, match="unknown parameter 'n_neighbour'.*'n_neighbors'"):
+        make_estimator("knn", "binary", {"n_neighbour": 3})
+    with pytest.raises(JobError, match="loguniform needs low > 0"):
+        job(svm={"C": {"loguniform": [0, 1]}})
+
+
+def test_grid_search_picks_by_mean_cv_and_records_every_candidate(client) -> None:
+    X, y = data()
+    found = search_family("decision_tree", pipeline_for("decision_tree"), X, y,
+                          params={"max_depth": [1, 4, 8], "min_samples_leaf": 5},
+                          task="binary", primary="roc_auc", method="grid", cv=3, n_iter=5,
+                          factor=3, seed=0, client=client)
+    table = found.cv_results
+    assert len(table) == 3 and found.candidates == 3
+    assert {"mean_roc_auc", "std_roc_auc", "mean_accuracy", "mean_log_loss"} <= set(table)
+    assert (table["mean_log_loss"] > 0).all()  # lower-is-better metrics stored positive
+    best = table.loc[table["mean_roc_auc"].idxmax(), "params"]
+    assert found.best_params == {**best, "min_samples_leaf": 5}
+    assert found.cv_mean == pytest.approx(table["mean_roc_auc"].max())
+
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    expected = cross_val_score(pipeline_for("decision_tree", max_depth=4, min_samples_leaf=5),
+                               X, y, cv=StratifiedKFold(3, shuffle=True, random_state=0),
+                               scoring="roc_auc").mean()
+    row = table[table["params"].map(lambda p: p["max_depth"] == 4)].iloc[0]
+    assert row["mean_roc_auc"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_random_search_is_deterministic_with_a_seed(client) -> None:
+    X, y = data()
+    runs = [search_family("logistic_regression", pipeline_for("logistic_regression"), X, y,
+                          params={"C": {"loguniform": [1e-3, 10.0]}}, task="binary",
+                          primary="log_loss", method="random", cv=2, n_iter=4, factor=3,
+                          seed=seed, client=client) for seed in (7, 7, 8)]
+    assert runs[0].best_params == runs[1].best_params
+    pd.testing.assert_frame_equal(runs[0].cv_results.drop(columns="mean_fit_time"),
+                                  runs[1].cv_results.drop(columns="mean_fit_time"))
+    assert runs[0].cv_results["params"].tolist() != runs[2].cv_results["params"].tolist()
+    assert runs[0].candidates == 4
+
+
+def test_halving_continues_boosting_and_keeps_the_best(client) -> None:
+    X, y = data(n=2000)
+    grid = {"max_depth": [2, 3, 4], "learning_rate": [0.05, 0.3], "n_estimators": [81]}
+    halving = search_family("xgboost", pipeline_for("xgboost"), X, y, params=grid,
+                            task="binary", primary="roc_auc", method="halving", cv=2,
+                            n_iter=10, factor=3, seed=0, client=client)
+    full = search_family("xgboost", pipeline_for("xgboost"), X, y, params=grid,
+                         task="binary", primary="roc_auc", method="grid", cv=2, n_iter=10,
+                         factor=3, seed=0, client=client)
+    table = halving.cv_results
+    assert len(table) == 6
+    last = table[table["rung"] == table["rung"].max()]
+    assert (last["budget"] == 81).all() and len(last) <= 2  # survivors got the full budget
+    assert (table["budget"] < 81).any()  # the others stopped early
+    assert halving.cv_mean == pytest.approx(full.cv_mean, abs=0.02)
+
+
+def test_halving_by_epochs_and_by_rows(client) -> None:
+    X, y = data(n=1200)
+    mlp = search_family("mlp", pipeline_for("mlp", max_iter=5), X, y,
+                        params={"alpha": [1e-4, 1e-2, 1.0]}, task="binary",
+                        primary="accuracy", method="halving", cv=2, n_iter=3, factor=3,
+                        seed=0, client=client)
+    assert mlp.cv_results["budget"].max() > mlp.cv_results["budget"].min()
+    knn = search_family("knn", pipeline_for("knn"), X, y,
+                        params={"n_neighbors": [3, 15, 45]}, task="binary",
+                        primary="roc_auc", method="halving", cv=2, n_iter=3, factor=3,
+                        seed=0, client=client)
+    assert knn.cv_results["budget"].max() == int(len(X) * 1 / 2)  # all rows of a fold
+    assert knn.best_params["n_neighbors"] in (3, 15, 45)
+
+
+def test_best_row_ties_break_by_fit_time() -> None:
+    table = pd.DataFrame({"mean_rmse": [1.0, 0.5, 0.5], "mean_fit_time": [1.0, 3.0, 2.0]})
+    assert best_row(table, "rmse") == 2
+    table = pd.DataFrame({"mean_roc_auc": [0.9, 0.9, np.nan], "mean_fit_time": [5, 1, 0]})
+    assert best_row(table, "roc_auc") == 1
+
+
+def test_split_grid() -> None:
+    fixed, searched = split_grid({"a": 1, "b": [1, 2], "c": {"uniform": [0, 1]}})
+    assert fixed == {"a": 1} and set(searched) == {"b", "c"}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_fits_and_survives_skops(family: str) -> None:
+    from pipeline.artifacts import dumps_skops, loads_skops, model_bytes
+
+    X, y = data(n=400)
+    pipe = pipeline_for(family, **({"n_estimators": 5} if family in (
+        "xgboost", "random_forest") else {}))
+    Xt = pipe[:-1].fit_transform(X, y)
+    model = pipe.named_steps["model"]
+    if family in ("xgboost", "random_forest"):
+        model.fit(Xt, y)
+        name, raw = model_bytes(model.get_booster())
+        assert name == "model.ubj"
+        return
+    model.fit(Xt.to_numpy(dtype="float64"), y)
+    name, raw = model_bytes(model)
+    assert name == "model.skops"
+    loaded = loads_skops(raw, family)
+    np.testing.assert_array_equal(loaded.predict_proba(Xt.to_numpy(dtype="float64")),
+                                  model.predict_proba(Xt.to_numpy(dtype="float64")))
+    del dumps_skops
+
+
+ALL_BINARY = {
+    "xgboost": {"n_estimators": [10, 20], "max_depth": 3},
+    "random_forest": {"n_estimators": 10, "max_depth": 6},
+    "decision_tree": {"max_depth": [3, 6]},
+    "logistic_regression": {"C": [0.1, 1.0]},
+    "linear_svm": {"alpha": 0.001},
+    "svm": {"C": 1.0},
+    "naive_bayes": {},
+    "knn": {"n_neighbors": 15},
+    "mlp": {"hidden_layer_sizes": [[16]], "max_iter": 30},
+}
+
+
+@pytest.mark.slow
+def test_all_nine_families_end_to_end(client, tmp_path, demo_dir) -> None:
+    from pipeline import load_model
+    from pipeline.run import run
+    from tests.conftest import demo_job
+    from tests.test_run import check_sample
+
+    job = load_job(demo_job(str(demo_dir), str(tmp_path / "out"), models=ALL_BINARY,
+                            search={"sample_rows": 1500, "cv": 2},
+                            features=[{"kernel": "log1p", "columns": ["income"]}]))
+    result = run(job, client=client)
+    board = {row["family"]: row for row in result.leaderboard}
+    assert set(board) == set(ALL_BINARY)
+    assert [row["family"] for row in result.leaderboard if row["chosen"]] == [result.family]
+    assert board["logistic_regression"]["training"] == "distributed"
+    assert board["naive_bayes"]["training"] == "incremental"
+    assert board["svm"]["training"] == "sample"
+    for row in board.values():
+        assert 0.5 < row["holdout"]["roc_auc"] <= 1 and row["cv_mean"] is not None
+        assert row["fit_seconds"] >= 0 and row["predict_rows_per_s"] > 0
+    best = max(board.values(), key=lambda r: (r["cv_mean"], -r["fit_seconds"]))
+    assert best["family"] == result.family  # the selection rule: best mean CV score
+    model = load_model(result.model_url)
+    assert model.family == result.family
+    check_sample(result.model_url)
+    cv = pd.read_parquet(f"{result.run_url}/cv_results.parquet")
+    assert set(cv["family"]) == set(ALL_BINARY) and len(cv) == 12  # every candidate
+
+
+@pytest.mark.slow
+def test_regression_families_and_full_strategy(client, tmp_path) -> None:
+    from pipeline.run import run
+    from tests.conftest import HOUSING_CSV
+    from tests.test_run import check_sample
+
+    families = {"xgboost": {"n_estimators": [30, 60], "max_depth": 4},
+                "linear_svm": {"alpha": 0.0001}, "mlp": {"hidden_layer_sizes": [[16]]},
+                "knn": {"n_neighbors": 10}, "svm": {"C": 10.0}}
+    job = load_job({"name": "housing", "output": str(tmp_path / "out"),
+                    "data": {"train": str(HOUSING_CSV), "target": "median_house_value",
+                             "task": "regression"},
+                    "models": families,
+                    "search": {"strategy": "full", "sample_rows": 1500, "cv": 2}})
+    result = run(job, client=client)
+    board = {row["family"]: row for row in result.leaderboard}
+    assert board["xgboost"]["search"] == "full" and board["xgboost"]["cv_std"] is None
+    assert board["mlp"]["search"] == "grid"
+    # a standardised target: the gradient-based regressors are in the right ballpark
+    assert board["linear_svm"]["holdout"]["rmse"] < 100_000
+    assert board["mlp"]["holdout"]["rmse"] < 100_000
+    check_sample(result.model_url)
