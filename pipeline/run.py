@@ -320,7 +320,7 @@ def _stages(job: JobSpec, client: Any, perf: contextlib.ExitStack, perf_path: st
     run_id = artifacts.new_run_id(job.fingerprint())
     metrics_doc = {
         "task": data.task, "primary_metric": job.primary_metric, "headline": head,
-        "holdout": holdout_metrics, "train": evaluate.headline(train_metrics, data.task),
+        "holdout": holdout_metrics, "train": evaluate.headline(chosen["train"], data.task),
         "overfit": overfit,
         "rows": {"total": summary.rows, "train": n_train, "valid": n_valid,
                  "holdout": n_holdout},
