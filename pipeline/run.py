@@ -237,7 +237,12 @@ def _stages(job: JobSpec, client: Any, perf: contextlib.ExitStack, perf_path: st
                             "after the shared preprocessing")
 
     # -- search: candidates x folds on an in-memory sample of the training rows -----------
-    sample = _sample(parts["train"], min(job.search.sample_rows, n_train), data.split.seed)
+    from pipeline.models import training_mode
+
+    sample = None  # computed to the driver only when a search or a sample family needs it
+    if _needs_search(job) or any(training_mode(f, data.task) == "sample" for f in job.models):
+        sample = _sample(parts["train"], min(job.search.sample_rows, n_train),
+                         data.split.seed)
     searches = _load_searches(stages.get("search"))
     if searches is None:
         searches = _search(job, sample, feature_columns, classes, client, watch,
@@ -266,14 +271,16 @@ def _stages(job: JobSpec, client: Any, perf: contextlib.ExitStack, perf_path: st
         tail = Pipeline(tail_steps(job, family))
         T_train = tail.fit_transform(P_train, y_train)
         T_valid = tail.transform(P_valid)
-        rows = select.family_rows(family, job.search.sample_rows)
-        sample_X = tail.transform(prefix.transform(sample.head(rows)))
-        sample_y = _encode_partition(sample.head(rows)[data.target], classes) \
-            if classes else sample.head(rows)[data.target].to_numpy(dtype=np.float64)
+        sample_Xy = None
+        if training_mode(family, data.task) == "sample":
+            rows = sample.head(select.family_rows(family, job.search.sample_rows))
+            sample_Xy = (tail.transform(prefix.transform(rows)),
+                         _encode_partition(rows[data.target], classes) if classes
+                         else rows[data.target].to_numpy(dtype=np.float64))
         with _peak_memory(client) as peak:
             fitted = train.refit(family, data.task, found.best_params, X_train=T_train,
                                  y_train=y_train, X_valid=T_valid, y_valid=y_valid,
-                                 sample=(sample_X, sample_y), n_classes=n_classes,
+                                 sample=sample_Xy, n_classes=n_classes,
                                  early_stopping_rounds=job.train.early_stopping_rounds,
                                  seed=job.search.seed, client=client,
                                  retries=job.train.retries,
@@ -456,6 +463,12 @@ def _candidates(params: Mapping[str, Any], n_iter: int) -> int:
     return math.prod(lists) if lists else 1
 
 
+def _needs_search(job: JobSpec) -> bool:
+    """A choice to make: several families, or a family with several candidates."""
+    counts = [_candidates(p, job.search.n_iter) for p in job.models.values()]
+    return len(counts) > 1 or counts[0] > 1
+
+
 def _search(job: JobSpec, sample: Any, feature_columns: Sequence[str], classes: Any,
             client: Any, watch: Stopwatch, full: tuple) -> dict[str, Any]:
     """Each family's best candidate (no CV at all when there is nothing to choose between)."""
@@ -467,9 +480,8 @@ def _search(job: JobSpec, sample: Any, feature_columns: Sequence[str], classes: 
     from pipeline.preprocess import prefix_steps, tail_steps
 
     task, search = job.data.task, job.search
-    counts = {f: _candidates(p, search.n_iter) for f, p in job.models.items()}
-    if len(counts) == 1 and next(iter(counts.values())) == 1:
-        family = next(iter(counts))
+    if not _needs_search(job):
+        family = next(iter(job.models))
         return {family: select.SearchResult(
             family=family, method="none", best_params=dict(job.models[family]), cv_mean=None,
             cv_std=None, fit_seconds=0.0, candidates=1, cv_results=pd.DataFrame())}
