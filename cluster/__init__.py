@@ -113,13 +113,18 @@ def _local_size(spec: Mapping[str, Any]) -> tuple[int, int]:
 @contextlib.contextmanager
 def connect(spec: Mapping[str, Any] | None = None, *, address: str | None = None,
             dask_config: Mapping[str, Any] | None = None,
-            check_versions: bool = True) -> Iterator[Any]:
+            check_versions: bool = True, wait_for_workers: bool = True) -> Iterator[Any]:
     """Open the chosen cluster and yield a :class:`distributed.Client` for it.
 
     Our defaults (:mod:`cluster.settings`) and then ``dask_config`` are set for the whole
     context. A cluster we started (local or from a spec) is closed on exit; an existing one is
     only disconnected from. On a cluster we did not start, package versions of every worker
-    are compared with ours and a mismatch is an error naming the worker and the package.
+    are compared with ours and a mismatch is an error naming the worker and the package
+    (``wait_for_workers=False``: return as soon as the scheduler answers, e.g. to ask it
+    about a submitted job).
+
+    A failure inside the block that is the cluster's (every worker gone, see :func:`explain`)
+    comes out as a :class:`ClusterError` that says so.
 
     Examples
     --------
@@ -159,11 +164,17 @@ def connect(spec: Mapping[str, Any] | None = None, *, address: str | None = None
             client = Client(cluster)
         stack.callback(client.close)
         logger.debug("cluster: %s; dashboard: %s", choice, client.dashboard_link)
-        if choice.kind != "local":
+        if choice.kind != "local" and wait_for_workers:
             _wait_for_workers(client, timeout, choice)
             if check_versions:
                 check_package_versions(client)
-        yield client
+        try:
+            yield client
+        except Exception as exc:
+            clear = explain(exc, choice.target)
+            if clear is None:
+                raise
+            raise clear from exc
 
 
 def _client(make: Any, choice: Choice) -> Any:
@@ -176,24 +187,90 @@ def _client(make: Any, choice: Choice) -> Any:
             "(e.g. `dask scheduler` on that host)") from None
 
 
-def _cluster_from_spec(cls_spec: Mapping[str, Any]) -> Any:
-    module_name, class_name = cls_spec["module"], cls_spec.get("class") or cls_spec["class_"]
+#: optional extras that provide cluster classes, by top-level module (pyproject.toml).
+EXTRAS = {"dask_jobqueue": "jobqueue", "dask_kubernetes": "kubernetes"}
+
+
+def validate_spec(cls_spec: Mapping[str, Any]) -> type:
+    """Check a ``cluster.spec`` block without building anything; return the cluster class.
+
+    The module must import (a missing optional extra is named: ``pip install
+    'mlpipe[kubernetes]'``), the class must exist, and ``kwargs`` must fit its signature
+    (keywords a class forwards through ``**kwargs``, like dask-jobqueue's job options, are
+    checked by the class itself in :func:`build_spec`).
+
+    Examples
+    --------
+    >>> validate_spec({"module": "distributed", "class": "LocalCluster"}).__name__
+    'LocalCluster'
+    """
+    import inspect
+
+    module_name, class_name = cls_spec["module"], _class_name(cls_spec)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        extra = {"dask_jobqueue": "jobqueue", "dask_kubernetes": "kubernetes"}.get(
-            module_name.split(".")[0])
-        hint = f" (pip install 'mlpipe[{extra}]')" if extra else ""
-        raise ClusterError(f"cluster.spec.module {module_name!r} cannot be imported: "
-                           f"{exc}{hint}") from None
+        extra = EXTRAS.get(module_name.split(".")[0])
+        hint = (f"; it comes with the optional extra {extra!r}: pip install 'mlpipe[{extra}]'"
+                if extra else "; install the package that provides it")
+        raise ClusterError(f"cluster.spec.module {module_name!r} cannot be imported "
+                           f"({exc}){hint}") from None
     cls = getattr(module, class_name, None)
-    if cls is None:
-        raise ClusterError(f"cluster.spec: {module_name} has no class {class_name!r}")
-    cluster = cls(**dict(cls_spec.get("kwargs") or {}))
-    if cls_spec.get("adapt"):
-        cluster.adapt(**cls_spec["adapt"])
-    elif cls_spec.get("scale"):
-        cluster.scale(cls_spec["scale"])
+    if not isinstance(cls, type):
+        known = sorted(n for n, v in vars(module).items()
+                       if isinstance(v, type) and n.endswith("Cluster"))
+        raise ClusterError(f"cluster.spec: {module_name} has no class {class_name!r}"
+                           + (f"; it has {', '.join(known)}" if known else ""))
+    kwargs = dict(cls_spec.get("kwargs") or {})
+    try:
+        inspect.signature(cls).bind_partial(**kwargs)
+    except TypeError as exc:
+        raise ClusterError(f"cluster.spec.kwargs do not fit {module_name}.{class_name}: "
+                           f"{exc}") from None
+    except ValueError:  # no signature to inspect (a C type): the constructor will tell
+        pass
+    return cls
+
+
+def build_spec(cls_spec: Mapping[str, Any]) -> Any:
+    """Construct the cluster object of a ``cluster.spec`` block, without scaling it.
+
+    Nothing is submitted yet (a dask-jobqueue cluster starts only its local scheduler), so
+    the object can be inspected, e.g. ``build_spec(spec).job_script()``; :func:`connect`
+    then applies ``scale`` / ``adapt``. The caller closes it.
+
+    Examples
+    --------
+    >>> spec = {"module": "dask_jobqueue", "class": "SLURMCluster",      # doctest: +SKIP
+    ...         "kwargs": {"cores": 8, "memory": "32GiB", "walltime": "02:00:00"}}
+    >>> print(build_spec(spec).job_script())                             # doctest: +SKIP
+    """
+    cls = validate_spec(cls_spec)
+    try:
+        return cls(**dict(cls_spec.get("kwargs") or {}))
+    except (TypeError, ValueError) as exc:
+        module = cls_spec["module"]
+        extra = EXTRAS.get(module.split(".")[0])
+        where = f" (installed with pip install 'mlpipe[{extra}]')" if extra else ""
+        raise ClusterError(f"cluster.spec {module}.{_class_name(cls_spec)} refused its "
+                           f"kwargs: {exc}\nSee the documentation of {module}{where} for "
+                           "the kwargs it takes") from None
+
+
+def _class_name(cls_spec: Mapping[str, Any]) -> str:
+    return cls_spec.get("class") or cls_spec["class_"]
+
+
+def _cluster_from_spec(cls_spec: Mapping[str, Any]) -> Any:
+    cluster = build_spec(cls_spec)
+    try:
+        if cls_spec.get("adapt"):
+            cluster.adapt(**cls_spec["adapt"])
+        elif cls_spec.get("scale"):
+            cluster.scale(cls_spec["scale"])
+    except BaseException:
+        cluster.close()
+        raise
     return cluster
 
 
@@ -242,6 +319,30 @@ def _wait_for_workers(client: Any, timeout: str, choice: Choice) -> None:
             f"(`dask worker {choice.target}`) or raise cluster.timeout") from None
 
 
+def explain(exc: BaseException, target: str = "unnamed") -> ClusterError | None:
+    """A clear :class:`ClusterError` for a failure that is the cluster's, else ``None``.
+
+    Today: distributed's ``NoWorkerError`` (every worker left, e.g. exited cleanly and was not
+    restarted, and ``distributed.scheduler.no-workers-timeout`` passed), anywhere in the
+    exception's chain. Used by :func:`connect` and by submitted jobs (``pipeline.jobs``).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__name__ == "NoWorkerError" or (
+                "waiting without any running workers" in str(current)):
+            timeout = getattr(current, "timeout", None)
+            after = f" within {timeout:g} s" if isinstance(timeout, (int, float)) else ""
+            return ClusterError(
+                f"no workers left: every worker of the cluster ({target}) exited and none "
+                f"came back{after} (distributed.scheduler.no-workers-timeout), so the job "
+                "stopped instead of waiting forever. Start workers (`dask worker ADDRESS`) or "
+                "see why they exited (their logs, the scheduler's log), then run it again")
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def check_package_versions(client: Any, packages: tuple[str, ...] = VERSION_CHECKED) -> None:
     """Fail when a worker runs other versions of the packages whose objects we exchange."""
     versions = client.get_versions(packages=list(packages))
@@ -273,5 +374,5 @@ def describe(client: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["connect", "resolve", "describe", "check_package_versions", "Choice",
-           "ClusterError", "InsecureClusterWarning"]
+__all__ = ["connect", "resolve", "describe", "check_package_versions", "validate_spec",
+           "build_spec", "explain", "Choice", "ClusterError", "InsecureClusterWarning", "EXTRAS"]

@@ -298,8 +298,12 @@ def halving_search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *
                    n_iter: int, seed: int, client: Any) -> SearchResult:
     """Successive halving with each rung's candidate x fold fits as futures on the cluster.
 
-    A rung's fits continue from the previous rung's models where the budget allows it
-    (XGBoost rounds via ``xgb_model``, ``partial_fit`` epochs), so a survivor never starts over.
+    The preprocessing does not depend on the candidate, so each fold's is fitted once, on the
+    cluster, and every candidate's fits on that fold share it (as dask-ml's grid search does).
+    A rung's fits continue from the previous rung's models where the budget allows it (XGBoost
+    rounds via ``xgb_model``, ``partial_fit`` epochs), so a survivor never starts over. Rungs:
+    ``n -> n/factor -> ...`` down to at most ``factor`` candidates on the full budget (they are
+    compared fully, not on a single survivor's word).
     """
     from sklearn.model_selection import ParameterGrid, ParameterSampler
 
@@ -321,26 +325,24 @@ def halving_search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *
         full = max(1, int(FAMILIES[family].get("epochs", 3)) * 3)
     else:  # rows: all of a fold's training rows
         full = min(len(train) for train, _ in splits)
-    # n candidates -> n/factor -> ... -> at most ``factor`` left on the full budget
-    rungs = int(math.floor(math.log(len(candidates), factor) + 1e-9)) + 1 \
-        if len(candidates) > 1 else 1
+    n = len(candidates)
+    rungs = 1 if n == 1 else max(2, int(math.floor(math.log(n, factor) + 1e-9)))
     min_budget = max(1, int(full / factor ** (rungs - 1)))
     [data] = client.scatter([(X, y)], broadcast=True, hash=False)
+    folds = [client.submit(_prepare_fold, data, pipeline[:-1], train, test, pure=False)
+             for train, test in splits]
     scoring = scorers(task, primary)
 
-    alive = list(range(len(candidates)))
+    alive = list(range(n))
     states: dict[tuple[int, int], Any] = {}
     records: dict[int, dict[str, Any]] = {
         i: {"family": family, "params": _plain_params(c), "rung": 0, "budget": 0,
             "mean_fit_time": 0.0} for i, c in enumerate(candidates)}
     for rung in range(rungs):
         amount = full if rung == rungs - 1 else min(full, min_budget * factor ** rung)
-        futures = {}
-        for i in alive:
-            for f, (train, test) in enumerate(splits):
-                futures[(i, f)] = client.submit(
-                    _rung_fit, data, pipeline, candidates[i], train, test, budget, amount,
-                    states.get((i, f)), scoring, pure=False)
+        futures = {(i, f): client.submit(_rung_fit, folds[f], model, candidates[i], budget,
+                                         amount, states.get((i, f)), scoring, pure=False)
+                   for i in alive for f in range(len(splits))}
         results = dict(zip(futures, client.gather(list(futures.values()))))
         for (i, f), (scores, state, seconds) in results.items():
             states[(i, f)] = state
@@ -360,9 +362,9 @@ def halving_search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *
     for record in records.values():
         row = {k: v for k, v in record.items() if not k.startswith("_folds_")}
         for metric in scoring:
-            folds = list(record.get(f"_folds_{metric}", {}).values())
-            row[f"mean_{metric}"] = float(np.mean(folds)) if folds else np.nan
-            row[f"std_{metric}"] = float(np.std(folds)) if folds else np.nan
+            scores = list(record.get(f"_folds_{metric}", {}).values())
+            row[f"mean_{metric}"] = float(np.mean(scores)) if scores else np.nan
+            row[f"std_{metric}"] = float(np.std(scores)) if scores else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
     final = table[table["rung"] == table["rung"].max()]
@@ -375,51 +377,60 @@ def halving_search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *
         cv_results=table)
 
 
-def _rung_fit(data: tuple[pd.DataFrame, np.ndarray], pipeline: Any, params: Mapping[str, Any],
-              train: np.ndarray, test: np.ndarray, budget: str, amount: int, state: Any,
+def _prepare_fold(data: tuple[pd.DataFrame, np.ndarray], prep: Any, train: np.ndarray,
+                  test: np.ndarray) -> tuple[Any, np.ndarray, Any, np.ndarray]:
+    """One fold's preprocessed matrices, shared by every candidate.
+
+    ``fit_transform`` gives the training rows out-of-fold target encodings (``transform`` of
+    the same rows would leak their own targets); the test rows get ``transform``.
+    """
+    from sklearn.base import clone
+
+    X, y = data
+    fitted = clone(prep)
+    Xt_train = fitted.fit_transform(X.iloc[train], y[train])
+    return Xt_train, y[train], fitted.transform(X.iloc[test]), y[test]
+
+
+def _rung_fit(fold: tuple[Any, np.ndarray, Any, np.ndarray], model: Any,
+              params: Mapping[str, Any], budget: str, amount: int, state: Any,
               scoring: Mapping[str, str]) -> tuple[dict[str, float], Any, float]:
     """One candidate on one fold at one rung; returns (scores, state to continue, seconds).
 
-    ``state`` is ``(fitted pipeline, budget spent)`` from the previous rung, or None.
+    ``state`` is ``(fitted model, budget spent)`` from the previous rung, or None.
     """
     from sklearn.base import clone, is_classifier
     from sklearn.metrics import get_scorer
 
-    X, y = data
+    from pipeline.models import inner_estimator
+
+    Xt_train, y_train, Xt_test, y_test = fold
     start = time.perf_counter()
     if budget == "rows":  # a bigger training set: nothing to continue, fit afresh
-        train, state = train[:amount], None
-    X_train, y_train = X.iloc[train], y[train]
+        Xt_train, y_train, state = Xt_train.iloc[:amount], y_train[:amount], None
     if state is None:
-        from pipeline.models import inner_estimator
-
-        model = pipeline.named_steps["model"]
         inner = next((f"{n}__" for n in ("estimator", "regressor")
                       if getattr(model, n, None) is inner_estimator(model)), "")
-        fitted = clone(pipeline).set_params(**{f"model__{inner}{k}": v
-                                                for k, v in params.items()})
-        Xt = fitted[:-1].fit_transform(X_train, y_train)
+        fitted = clone(model).set_params(**{f"{inner}{k}": v for k, v in params.items()})
         done = 0
     else:
         fitted, done = state
-        Xt = fitted[:-1].transform(X_train)
-    model = fitted.named_steps["model"]
     if budget == "rounds" and done:
-        model.set_params(n_estimators=amount - done)
-        model.fit(Xt, y_train, xgb_model=model.get_booster())
+        fitted.set_params(n_estimators=amount - done)
+        fitted.fit(Xt_train, y_train, xgb_model=fitted.get_booster())
     elif budget == "rounds":
-        model.set_params(n_estimators=amount)
-        model.fit(Xt, y_train)
+        fitted.set_params(n_estimators=amount)
+        fitted.fit(Xt_train, y_train)
     elif budget == "epochs":
-        extra = {"classes": np.unique(y)} if is_classifier(model) else {}
+        extra = {"classes": np.unique(np.concatenate([y_train, y_test]))} \
+            if is_classifier(fitted) else {}
         for _ in range(amount - done):
-            model.partial_fit(Xt, y_train, **extra)
+            fitted.partial_fit(Xt_train, y_train, **extra)
     else:
-        model.fit(Xt, y_train)
+        fitted.fit(Xt_train, y_train)
     seconds = time.perf_counter() - start
-    X_test, y_test = X.iloc[test], y[test]
     scores = {}
     for metric, name in scoring.items():
-        value = get_scorer(name)(fitted, X_test, y_test)
+        value = get_scorer(name)(fitted, Xt_test, y_test)
         scores[metric] = float(value if GREATER_IS_BETTER[metric] else -value)
     return scores, (fitted, amount), seconds

@@ -74,8 +74,11 @@ def test_cluster_spec_by_dotted_path() -> None:
         assert len(client.scheduler_info()["workers"]) == 1
 
 
-def test_bad_spec_module_is_clear() -> None:
-    with pytest.raises(ClusterError, match=r"dask_jobqueue.*mlpipe\[jobqueue\]"):
+def test_bad_spec_module_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", None)  # as if the extra were missing
+    with pytest.raises(ClusterError, match=r"cannot be imported.*mlpipe\[jobqueue\]"):
         with cluster.connect({"spec": {"module": "dask_jobqueue", "class": "SLURMCluster"}}):
             pass
 
