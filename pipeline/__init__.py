@@ -18,7 +18,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["load_job", "run", "load_model", "__version__"]
+__all__ = ["load_job", "run", "load_model", "score", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -34,4 +34,8 @@ def __getattr__(name: str) -> Any:
         from pipeline.artifacts import load_model
 
         return load_model
+    if name == "score":
+        from pipeline.score import score
+
+        return score
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

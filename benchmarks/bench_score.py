@@ -1,0 +1,251 @@
+"""``mlpipe score`` against the plain single-process loop, and its memory at two input sizes.
+
+Throughput (4M rows x 31 columns of demo Parquet at scale 1.0): end-to-end rows/s of
+:func:`pipeline.score.score_to` (plan, read, schema + preprocessor + kernels + model, write
+every part, manifest, ``_SUCCESS``) on a LocalCluster of 2 single-threaded workers, against a
+loop in one process over the same Parquet row groups: pyarrow read, the same stored
+preprocessor, the booster's ``inplace_predict`` (2 threads), one Parquet file per row group.
+Both load the model inside the timing; best of two each, after an untimed warm-up (imports,
+numba compilation, page cache). Goal: >= 0.9x the loop.
+
+Memory: the peak RSS of the largest worker (sampled every 20 ms inside each worker process) while
+scoring 10M and 100M rows (at scale 1.0), each on freshly restarted workers. Goal: the peak at
+100M within 1.2x of the peak at 10M (nothing grows with the input).
+
+The data is generated once, for the largest size, with :func:`pipeline.demo.write_demo_data`;
+the smaller inputs are hard links to its first parts (the demo generator makes part ``i`` the same
+whatever the total). ``MLPIPE_BENCH_DATA=<dir>`` keeps it between runs (generating 100M rows
+takes about 15 minutes on 2 cores); otherwise it lives in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROWS_THROUGHPUT = 4_000_000
+ROWS_MEMORY = (10_000_000, 100_000_000)
+ROWS_TRAIN = 500_000
+ROWS_PER_PART = 250_000  # write_demo_data's default: one row group per part
+IDS = ["application_id"]
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+
+
+def _rows(n: float) -> int:
+    """Whole demo parts, at least one."""
+    return max(ROWS_PER_PART, int(round(n / ROWS_PER_PART)) * ROWS_PER_PART)
+
+
+def run(scale: float = 1.0) -> list[dict]:
+    import cluster
+
+    sizes = {"throughput": _rows(ROWS_THROUGHPUT * scale),
+             "small": _rows(ROWS_MEMORY[0] * scale), "large": _rows(ROWS_MEMORY[1] * scale),
+             "train": _rows(min(ROWS_TRAIN, ROWS_THROUGHPUT * scale))}
+    keep = os.environ.get("MLPIPE_BENCH_DATA")
+    work = Path(tempfile.mkdtemp(prefix="mlpipe-bench-score-"))
+    data_root = Path(keep) if keep else work
+    try:
+        with cluster.connect({"n_workers": 2, "threads_per_worker": 1}) as client:
+            full = _demo_data(data_root, max(sizes.values()), client)
+            inputs = {k: _subset(full, n, work / f"input-{k}") for k, n in sizes.items()}
+            model_url = _train(inputs["train"], work / "mlpipe", client)
+            rows = [_throughput(client, model_url, inputs["throughput"], sizes["throughput"],
+                                work)]
+            rows += _memory(client, model_url, inputs["small"], inputs["large"],
+                            sizes["small"], sizes["large"], work)
+        return rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- data and model
+
+
+def _demo_data(root: Path, rows: int, client: Any) -> Path:
+    from pipeline.demo import write_demo_data
+
+    for done in sorted(root.glob("demo-*/_DONE")):  # any kept dataset at least this large
+        info = json.loads(done.read_text())
+        if info.get("rows", 0) >= rows and info.get("rows_per_part") == ROWS_PER_PART:
+            return done.parent
+    out = root / f"demo-{rows}"
+    start = time.perf_counter()
+    info = write_demo_data(str(out), rows, rows_per_part=ROWS_PER_PART)
+    (out / "_DONE").write_text(json.dumps({**info, "rows_per_part": ROWS_PER_PART}))
+    print(f"   generated {rows:,} demo rows in {time.perf_counter() - start:.0f} s", flush=True)
+    return out
+
+
+def _subset(full: Path, rows: int, where: Path) -> Path:
+    """The first ``rows`` rows of the demo data, as hard links to its first parts."""
+    parts = sorted(full.glob("part-*.parquet"))[: rows // ROWS_PER_PART]
+    where.mkdir(parents=True)
+    for part in parts:
+        try:
+            os.link(part, where / part.name)
+        except OSError:  # another filesystem: a symlink reads the same
+            os.symlink(part, where / part.name)
+    return where
+
+
+def _train(data: Path, output: Path, client: Any) -> str:
+    from pipeline.config import load_job
+    from pipeline.run import run as run_job
+
+    job = load_job(EXAMPLE, [f"data.train={data}", f"output={output}"])
+    start = time.perf_counter()
+    result = run_job(job, client=client)
+    print(f"   trained the demo model ({result.metrics['model']['trees']} trees) in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
+    return result.model_url
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+def _throughput(client: Any, model_url: str, data: Path, rows: int, work: Path) -> dict:
+    from pipeline.score import score_to
+
+    files = sorted(data.glob("part-*.parquet"))
+    warm = work / "warm"
+    warm.mkdir()
+    os.link(files[0], warm / files[0].name)
+    score_to(model_url, str(warm), str(work / "warm-out"), id_columns=IDS, client=client)
+    _baseline(model_url, files[:1], work / "warm-baseline")
+
+    ours, base = [], []
+    for attempt in range(2):
+        out = work / f"ours-{attempt}"
+        start = time.perf_counter()
+        result = score_to(model_url, str(data), str(out), id_columns=IDS, client=client)
+        ours.append(time.perf_counter() - start)
+        _verify(result.manifest, rows)
+        start = time.perf_counter()
+        _baseline(model_url, files, work / f"baseline-{attempt}")
+        base.append(time.perf_counter() - start)
+        _same_predictions(out, work / f"baseline-{attempt}")
+        shutil.rmtree(out)
+        shutil.rmtree(work / f"baseline-{attempt}")
+    ours_rate, base_rate = rows / min(ours), rows / min(base)
+    ratio = ours_rate / base_rate
+    return {"benchmark": "score", "operation": "mlpipe score end to end (read, preprocess, "
+            "predict, write)", "size": f"{rows:,} rows x 31 cols",
+            "ours": ours_rate, "baseline": base_rate,
+            "baseline_name": "1 process, 2 threads: pyarrow row groups + preprocessor + "
+                             "inplace_predict + Parquet write",
+            "unit": "rows/s", "ratio": ratio, "goal": ">= 0.9x", "met": ratio >= 0.9}
+
+
+def _baseline(model_url: str, files: list[Path], out: Path) -> None:
+    """The loop a user would write without mlpipe: same data, same model, same cores."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import load_model
+
+    model = load_model(model_url)
+    booster = model.model
+    booster.set_param({"nthread": 2})
+    columns = list(dict.fromkeys([*IDS, *model.feature_columns]))
+    out.mkdir()
+    for i, name in enumerate(files):
+        pf = pq.ParquetFile(name)
+        for group in range(pf.num_row_groups):
+            df = pf.read_row_group(group, columns=columns).to_pandas()
+            proba = booster.inplace_predict(model.transform(df), validate_features=False)
+            frame = pd.DataFrame({"application_id": df["application_id"].to_numpy(),
+                                  "label": (proba >= model.threshold).astype(np.int64),
+                                  "proba": proba.astype(np.float64)})
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False),
+                           out / f"part-{i:05d}-{group:03d}.parquet")
+
+
+def _same_predictions(ours: Path, baseline: Path) -> None:
+    """Both sides did the same work: the first part's predictions agree."""
+    import numpy as np
+    import pandas as pd
+
+    a = pd.read_parquet(sorted(ours.glob("part-*.parquet"))[0])
+    b = pd.read_parquet(sorted(baseline.glob("part-*.parquet"))[0])
+    assert len(a) == len(b) and (a["application_id"].to_numpy() ==
+                                 b["application_id"].to_numpy()).all()
+    np.testing.assert_allclose(a["proba"].to_numpy(), b["proba"].to_numpy(), atol=1e-6)
+
+
+def _verify(manifest: dict, rows: int) -> None:
+    if not manifest["rows_in"] == manifest["rows_out"] == rows:
+        raise AssertionError(f"scored {manifest['rows_in']:,} rows in, "
+                             f"{manifest['rows_out']:,} out; expected {rows:,}")
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _memory(client: Any, model_url: str, small: Path, large: Path, n_small: int,
+            n_large: int, work: Path) -> list[dict]:
+    from pipeline.score import score_to
+
+    measured = {}
+    for label, data, rows in (("small", small, n_small), ("large", large, n_large)):
+        client.restart()  # both sizes start from fresh worker processes
+        client.run(_start_sampler)
+        start = time.perf_counter()
+        result = score_to(model_url, str(data), str(work / f"memory-{label}"), id_columns=IDS,
+                          client=client, progress_every=30)
+        seconds = time.perf_counter() - start
+        peaks = client.run(_stop_sampler)
+        _verify(result.manifest, rows)
+        measured[label] = {"peak": max(peaks.values()), "rate": rows / seconds}
+        print(f"   scored {rows:,} rows in {seconds:.0f} s ({rows / seconds:,.0f} rows/s); "
+              f"worker peak RSS {max(peaks.values()) / 2**20:,.0f} MiB", flush=True)
+        shutil.rmtree(work / f"memory-{label}")
+    small_mib = measured["small"]["peak"] / 2**20
+    large_mib = measured["large"]["peak"] / 2**20
+    growth = large_mib / small_mib
+    return [
+        {"benchmark": "score", "operation": "worker peak RSS, large vs small input",
+         "size": f"{n_small:,} / {n_large:,} rows", "ours": large_mib, "baseline": small_mib,
+         "baseline_name": f"the same job on {n_small:,} rows", "unit": "MiB",
+         "ratio": small_mib / large_mib, "goal": "large <= 1.2x small",
+         "met": growth <= 1.2},
+        {"benchmark": "score", "operation": "mlpipe score throughput, large input",
+         "size": f"{n_large:,} rows", "ours": measured["large"]["rate"],
+         "baseline": measured["small"]["rate"], "baseline_name": f"the same on {n_small:,} rows",
+         "unit": "rows/s", "ratio": measured["large"]["rate"] / measured["small"]["rate"],
+         "goal": "-", "met": None},
+    ]
+
+
+_SAMPLER: dict[str, Any] = {}
+
+
+def _start_sampler(interval: float = 0.02) -> None:
+    """In a worker process: record the process's peak RSS until :func:`_stop_sampler`."""
+    import psutil
+
+    process = psutil.Process()
+    state = {"peak": process.memory_info().rss, "stop": threading.Event()}
+
+    def sample() -> None:
+        while not state["stop"].wait(interval):
+            state["peak"] = max(state["peak"], process.memory_info().rss)
+
+    thread = threading.Thread(target=sample, name="mlpipe-rss-sampler", daemon=True)
+    thread.start()
+    _SAMPLER.update(state=state, thread=thread)
+
+
+def _stop_sampler() -> int:
+    state = _SAMPLER["state"]
+    state["stop"].set()
+    _SAMPLER["thread"].join()
+    return int(state["peak"])
