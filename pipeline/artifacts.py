@@ -356,6 +356,16 @@ class Bundle:
     def json(self, name: str) -> Any:
         return json.loads(self.read(name))
 
+    def verify(self) -> None:
+        """Check every file the manifest lists (not only those a caller reads); raises
+        :class:`BundleError` naming the first that is missing or changed."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = list(self.manifest["files"])
+        with ThreadPoolExecutor(max_workers=min(8, max(len(names), 1))) as pool:
+            for _ in pool.map(self.read, names):  # object stores: the latency overlaps
+                pass
+
     def has(self, name: str) -> bool:
         return name in self.manifest["files"]
 
@@ -502,12 +512,14 @@ def _check_kernels(bundle: Bundle, schema: Mapping[str, Any]) -> None:
 def load_model(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     """Load a verified model from a run URL or a model URL (its current version).
 
-    Every file is checked against the manifest's sha256 before it is used; nothing is
-    unpickled.
+    Every file the manifest lists is checked against its sha256 (a version is trusted
+    whole or not at all); nothing is unpickled.
 
     Examples
     --------
     >>> model = load_model("s3://bucket/mlpipe/models/demo")       # doctest: +SKIP
     >>> model.predict(frame)                                       # doctest: +SKIP
     """
-    return load_predictor(open_bundle(url, storage_options))
+    bundle = open_bundle(url, storage_options)
+    bundle.verify()
+    return load_predictor(bundle)

@@ -87,7 +87,7 @@ def run(job_file: str, overrides: tuple[str, ...], scheduler: str | None,
         click.echo("")
         click.echo(board)
     click.echo("")
-    click.echo(f"chosen: {result.family}" if board else f"model: {result.family}")
+    click.echo(f"chosen: {result.family}")
     click.echo(result.table())
     click.echo("")
     click.echo(f"run:   {result.run_url}")

@@ -229,8 +229,7 @@ def _verified_run(root: str, name: str, run_id: str,
     if owner is not None and owner != name:
         raise BundleError(f"run {run_id} is a run of model {owner!r}, not {name!r}; promote it "
                           f"as {owner!r}")
-    for file in bundle.manifest["files"]:
-        bundle.read(file)  # raises BundleError naming the file that does not match
+    bundle.verify()  # raises BundleError naming the file that does not match
     return bundle
 
 

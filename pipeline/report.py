@@ -665,7 +665,10 @@ def _binary(holdout: Mapping[str, Any], job_threshold: float | None) -> dict[str
     thresholds = holdout.get("thresholds") or {}
     chosen = _number(holdout.get("chosen_threshold"))
     source = holdout.get("chosen_threshold_source") or "threshold"
-    chosen_key = source if source in thresholds and thresholds[source] else (
+    # chosen on the validation split: the holdout's own search for the same target is shown
+    # for comparison, but the operating point is the fixed threshold evaluated at it
+    on_holdout = holdout.get("chosen_threshold_split") != "validation"
+    chosen_key = source if on_holdout and source in thresholds and thresholds[source] else (
         _point_key(thresholds, chosen) if chosen is not None else None)
     chosen_point = thresholds.get(chosen_key) if chosen_key else None
     if chosen_point is None and holdout.get("confusion"):
@@ -697,6 +700,7 @@ def _binary(holdout: Mapping[str, Any], job_threshold: float | None) -> dict[str
         neg, pos = tn + fp, fn + tp
         confusion = {
             "threshold": chosen_point.get("threshold"), "source": source,
+            "split": "holdout" if on_holdout else "validation",
             "cells": [[{"name": "TN", "count": tn, "share": tn / neg if neg else None},
                        {"name": "FP", "count": fp, "share": fp / neg if neg else None}],
                       [{"name": "FN", "count": fn, "share": fn / pos if pos else None},

@@ -56,12 +56,20 @@ class RunResult:
         return "\n".join(rows)
 
     def leaderboard_table(self) -> str:
-        """One line per family: how it trained, CV and holdout scores, gap, cost."""
-        if len(self.leaderboard) < 2:
+        """One line per family: how it trained, CV score, every headline holdout metric, the
+        overfitting gap of the primary metric, and the cost."""
+        if not self.leaderboard:
             return ""
+        from pipeline.evaluate import HEADLINE
+
         metric = self.leaderboard[0]["metric"]
-        head = (f"{'family':<20} {'trained':<11} {'cv ' + metric:>16} {'holdout':>9} "
-                f"{'gap':>7} {'fit s':>7} {'rows/s':>10} {'peak MB':>8}")
+        names = HEADLINE[self.task]
+        short = {"precision": "prec", "recall": "rec", "log_loss": "logloss",
+                 "roc_auc": "auc", "roc_auc_ovr": "auc_ovr", "f1_weighted": "f1_w",
+                 "f1_macro": "f1_m", "accuracy": "acc"}
+        head = (f"{'family':<20} {'trained':<11} {'cv ' + metric:>16} "
+                + " ".join(f"{short.get(n, n):>9}" for n in names)
+                + f" {'gap':>7} {'fit s':>7} {'rows/s':>10} {'peak MB':>8}")
         lines = [head, "-" * len(head)]
         for row in self.leaderboard:
             cv = "n/a" if row["cv_mean"] is None else (
@@ -71,9 +79,9 @@ class RunResult:
                 f"{row['peak_memory_bytes'] / 2**20:,.0f}"
             gap = "n/a" if row["gap"] is None else f"{row['gap']:+.4f}"
             lines.append(f"{name:<20} {row['training']:<11} {cv:>16} "
-                         f"{_fmt(row['holdout'].get(metric)):>9} {gap:>7} "
-                         f"{row['fit_seconds']:>7.1f} {row['predict_rows_per_s']:>10,} "
-                         f"{peak:>8}")
+                         + " ".join(f"{_fmt(row['holdout'].get(n)):>9}" for n in names)
+                         + f" {gap:>7} {row['fit_seconds']:>7.1f} "
+                         f"{row['predict_rows_per_s']:>10,} {peak:>8}")
         return "\n".join(lines)
 
 
@@ -307,9 +315,21 @@ def _stages(job: JobSpec, client: Any, perf: contextlib.ExitStack, perf_path: st
     winner = choose(searches, job.primary_metric)
     chosen = entries[winner]
     predictor, holdout_metrics = chosen["predictor"], chosen["holdout"]
-    if data.task == "binary":
-        predictor.threshold = float(holdout_metrics.get("chosen_threshold")
-                                    or job.evaluate.threshold)
+    if data.task == "binary" and (job.evaluate.min_precision or job.evaluate.min_recall):
+        # the operating point is chosen on the validation rows, so that the holdout figures
+        # at it are an honest estimate (chosen on the holdout, they would flatter it)
+        on_valid = _evaluate(client, predictor, parts["valid"], job, slices=False)
+        predictor.threshold = float(on_valid["chosen_threshold"])
+        holdout_metrics = _evaluate(client, predictor, parts["holdout"], job, slices=True,
+                                    threshold=predictor.threshold)
+        holdout_metrics.update(chosen_threshold=predictor.threshold,
+                               chosen_threshold_source=on_valid["chosen_threshold_source"],
+                               chosen_threshold_split="validation")
+        # the leaderboard and the overfitting check compare train and holdout at the
+        # operating point the bundle scores with
+        chosen["holdout"] = holdout_metrics
+        chosen["train"] = _evaluate(client, predictor, train_eval, job, slices=False,
+                                    threshold=predictor.threshold)
     head = evaluate.headline(holdout_metrics, data.task)
     overfit = evaluate.overfit_check(chosen["train"], holdout_metrics,
                                      job.evaluate.overfit_bound)
@@ -681,7 +701,9 @@ def _cv_table(searches: Mapping[str, Any]) -> Any:
     return pd.concat(tables, ignore_index=True)
 
 
-def _evaluate(client: Any, predictor: Any, frame: Any, job: JobSpec, *, slices: bool) -> dict:
+def _evaluate(client: Any, predictor: Any, frame: Any, job: JobSpec, *, slices: bool,
+              threshold: float | None = None) -> dict:
+    """Metrics of ``predictor`` on ``frame``; ``threshold`` (default: the job's) labels rows."""
     from pipeline import evaluate
 
     keep = list(job.evaluate.slices) if slices else []
@@ -690,7 +712,8 @@ def _evaluate(client: Any, predictor: Any, frame: Any, job: JobSpec, *, slices: 
     pred = frame.map_partitions(_evaluation_partition, remote, keep, meta=meta)
     return evaluate.evaluate_predictions(
         pred, job.data.task, class_names=[str(c) for c in predictor.classes or []] or None,
-        threshold=job.evaluate.threshold, min_precision=job.evaluate.min_precision,
+        threshold=job.evaluate.threshold if threshold is None else threshold,
+        min_precision=job.evaluate.min_precision,
         min_recall=job.evaluate.min_recall, slices=keep, top_levels=job.evaluate.top_levels)
 
 

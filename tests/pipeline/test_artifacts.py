@@ -12,10 +12,12 @@ from pipeline import artifacts
 from pipeline.artifacts import BundleError, ConflictError
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "memory", pytest.param("s3", marks=pytest.mark.integration)])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "file":
         return str(tmp_path / "registry")
+    if request.param == "s3":  # the moto server: conditional PUTs over real HTTP
+        return request.getfixturevalue("bucket") + "/registry"
     import uuid
 
     return f"memory://registry-{uuid.uuid4().hex[:8]}"
@@ -45,6 +47,8 @@ def test_tampered_file_is_refused(root: str) -> None:
     with pytest.raises(BundleError, match="does not match its manifest"):
         bundle.read("a.txt")
     assert bundle.read("b.bin")  # the untouched file still verifies
+    with pytest.raises(BundleError, match="a.txt does not match"):
+        bundle.verify()  # what load_model does first: the whole version, or nothing
 
 
 def test_tampered_manifest_is_refused_through_the_pointer(root: str) -> None:
@@ -127,3 +131,35 @@ def test_atomic_write_local(tmp_path: Path) -> None:
     artifacts.atomic_write(fs, path, b"3")
     assert Path(path).read_bytes() == b"3"
     assert [p.name for p in Path(path).parent.iterdir()] == ["f.json"]  # no temp left
+
+
+def test_atomic_write_create_once(root: str) -> None:
+    # on S3 this is a conditional PUT (If-None-Match: *), not an exists() check: a racing
+    # writer cannot slip in between
+    fs, path = artifacts.filesystem(artifacts.join(root, "once", "f.json"))
+    artifacts.atomic_write(fs, path, b"1", create_once=True)
+    with pytest.raises(FileExistsError):
+        artifacts.atomic_write(fs, path, b"2", create_once=True)
+    assert fs.cat_file(path) == b"1"
+
+
+@pytest.mark.integration
+def test_create_once_race_on_s3(bucket: str) -> None:
+    fs, path = artifacts.filesystem(f"{bucket}/race/record.json")
+    outcomes: list[str] = []
+
+    def write(i: int) -> None:
+        try:
+            artifacts.atomic_write(fs, path, str(i).encode(), create_once=True)
+            outcomes.append(f"won:{i}")
+        except FileExistsError:
+            outcomes.append("lost")
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    won = [o for o in outcomes if o.startswith("won")]
+    assert len(outcomes) == 6 and len(won) == 1
+    assert fs.cat_file(path) == won[0].split(":")[1].encode()

@@ -134,7 +134,7 @@ def bundles(client: Any, demo_dir: Path, tmp_path_factory: pytest.TempPathFactor
     jobs = {
         # no feature kernels: their first compile on the workers costs more than the rest
         "binary": load_job(demo_job(str(demo_dir), str(out), features=[],
-                                    evaluate={"slices": ["grade"]})),
+                                    evaluate={"slices": ["grade"], "min_precision": 0.4})),
         "multiclass": load_job(
             demo_job(str(demo_dir), str(out), name="grades", features=[], preprocess={},
                      models={"xgboost": {"n_estimators": 8, "max_depth": 3}},
@@ -213,6 +213,22 @@ def test_binary_figures_match_metrics(bundles: dict, pages: dict) -> None:
     assert thresholds.count("<svg") == 2  # metrics by threshold, scores by class
     balance = counts(section(html, "data").split('id="class-balance"')[1])
     assert sum(balance[:2]) == metrics["rows"]["total"]
+
+
+@pytest.mark.integration
+def test_operating_point_is_chosen_on_validation_rows(bundles: dict, pages: dict) -> None:
+    from pipeline.artifacts import load_model
+
+    holdout = metrics_of(bundles["binary"])["holdout"]
+    chosen = holdout["chosen_threshold"]
+    assert holdout["chosen_threshold_source"] == "min_precision"
+    assert holdout["chosen_threshold_split"] == "validation"
+    # the headline figures are the holdout's at the deployed threshold, not at 0.5
+    at_chosen = holdout["thresholds"][str(chosen)]
+    assert chosen != 0.5 and holdout["precision"] == at_chosen["precision"]
+    assert holdout["confusion"] == {k: at_chosen[k] for k in ("tn", "fp", "fn", "tp")}
+    assert load_model(bundles["binary"]).threshold == chosen
+    assert "min_precision target on the validation rows" in section(pages["binary"], "confusion")
 
 
 @pytest.mark.integration
