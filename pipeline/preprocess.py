@@ -656,6 +656,29 @@ def _categorical(values: pd.Series, categories: np.ndarray) -> pd.Series:
                      index=values.index, name=values.name)
 
 
+#: characters XGBoost refuses in feature names, and what stands for them in a column name
+_UNSAFE = str.maketrans({"[": "(", "]": ")", "<": "lt"})
+
+
+def onehot_columns(column: str, vocab: Sequence[Any]) -> list[str]:
+    """The one-hot column names ``<column>=<level>``, one per level, unique and usable as
+    XGBoost feature names (which may not hold ``[``, ``]`` or ``<``: a level such as
+    ``<1H OCEAN`` becomes ``lt1H OCEAN``).
+
+    Examples
+    --------
+    >>> onehot_columns("ocean", ["<1H OCEAN", "INLAND", "a[0]"])
+    ['ocean=lt1H OCEAN', 'ocean=INLAND', 'ocean=a(0)']
+    """
+    names: list[str] = []
+    for level in vocab:
+        name = f"{column}={level}".translate(_UNSAFE)
+        while name in names:  # two levels that differ only in those characters
+            name += "_"
+        names.append(name)
+    return names
+
+
 class CategoricalEncoder(TransformerMixin, BaseEstimator):
     """Per-column categorical encodings into numbers.
 
@@ -801,8 +824,8 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
                 continue
             codes = _pooled_codes(df[c], vocab)
             if method == "onehot":
-                for i, level in enumerate(vocab):
-                    out[f"{c}={level}"] = (codes == i).astype(np.uint8)
+                for i, name in enumerate(onehot_columns(c, vocab)):
+                    out[name] = (codes == i).astype(np.uint8)
             elif method == "ordinal":
                 out[c] = np.where(codes >= 0, codes, np.nan).astype(np.float64)
             elif method in ("count", "frequency"):

@@ -135,18 +135,27 @@ def test_multiclass_job(client, tmp_path: Path, demo_dir: Path) -> None:
     check_sample(result.model_url)
 
 
-def test_california_housing_regression_from_csv(client, tmp_path: Path) -> None:
-    job = load_job({
-        "name": "housing",
-        "data": {"train": str(HOUSING_CSV), "target": "median_house_value",
-                 "task": "regression"},
-        "models": {"xgboost": {"n_estimators": 60, "max_depth": 6}},
-        "output": str(tmp_path / "out"),
-    })
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_example_is_a_valid_job(path: Path) -> None:
+    job = load_job(path)
+    assert job.models and Path(job.data.train).is_absolute()  # relative to the job file
+
+
+def test_california_housing_example_as_shipped(client, tmp_path: Path) -> None:
+    # the example file itself (its preprocessing, features and the shared CSV), fewer trees
+    example = Path(__file__).resolve().parents[1] / "examples" / "california_housing.yaml"
+    job = load_job(example, [f"output={tmp_path / 'out'}", "models.xgboost.n_estimators=80",
+                             "models.xgboost.learning_rate=0.2"])
+    assert Path(job.data.train) == HOUSING_CSV.resolve()
     result = run(job, client=client)
     assert result.headline["rmse"] < 60_000  # a mean predictor scores about 115,000
     metrics = json.loads((Path(result.run_url) / "metrics.json").read_text())
     assert metrics["rows"]["total"] == 20_640
+    schema = json.loads((Path(result.run_url) / "schema.json").read_text())
+    assert "total_rooms__ratio__households" in schema["model_inputs"]
     check_sample(result.model_url)
 
 

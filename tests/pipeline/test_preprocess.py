@@ -229,6 +229,21 @@ def test_onehot_with_cap_rare_and_unknown() -> None:
     assert enc.unseen(new) == {"k": 2}
 
 
+def test_onehot_names_are_valid_xgboost_feature_names() -> None:
+    import xgboost
+
+    df = pd.DataFrame({"ocean": ["<1H OCEAN", "INLAND", "a[0]", "a(0)", "<1H OCEAN"],
+                       "y": [1.0, 2, 3, 4, 5]})
+    enc = CategoricalEncoder({"ocean": {"method": "onehot"}}).fit(df[["ocean"]])
+    out = enc.transform(df[["ocean"]])
+    assert out["ocean=lt1H OCEAN"].tolist() == [1, 0, 0, 0, 1]
+    assert out["ocean=INLAND"].tolist() == [0, 1, 0, 0, 0]
+    # 'a[0]' and 'a(0)' would share a name: the later level gets a suffix, none is lost
+    assert {"ocean=a(0)", "ocean=a(0)_"} <= set(out.columns) and out.shape == (5, 4)
+    assert out.sum(axis=1).tolist() == [1] * 5
+    xgboost.DMatrix(out, label=df["y"])  # XGBoost refuses '[', ']' and '<' in names
+
+
 def test_ordinal_frequency_count_hash() -> None:
     df = frame()[["k", "many", "x"]]
     enc = dask_equals_pandas(lambda: CategoricalEncoder({
