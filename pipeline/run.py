@@ -69,7 +69,7 @@ class RunResult:
                  "f1_macro": "f1_m", "accuracy": "acc"}
         head = (f"{'family':<20} {'trained':<11} {'cv ' + metric:>16} "
                 + " ".join(f"{short.get(n, n):>9}" for n in names)
-                + f" {'gap':>7} {'fit s':>7} {'rows/s':>10} {'peak MB':>8}")
+                + f" {'gap':>8} {'fit s':>7} {'rows/s':>10} {'peak MB':>8}")
         lines = [head, "-" * len(head)]
         for row in self.leaderboard:
             cv = "n/a" if row["cv_mean"] is None else (
@@ -77,10 +77,11 @@ class RunResult:
             name = ("* " if row["chosen"] else "  ") + row["family"]
             peak = "n/a" if row["peak_memory_bytes"] is None else \
                 f"{row['peak_memory_bytes'] / 2**20:,.0f}"
-            gap = "n/a" if row["gap"] is None else f"{row['gap']:+.4f}"
+            gap = "n/a" if row["gap"] is None else (
+                f"{row['gap']:+,.0f}" if abs(row["gap"]) >= 1000 else f"{row['gap']:+.4f}")
             lines.append(f"{name:<20} {row['training']:<11} {cv:>16} "
                          + " ".join(f"{_fmt(row['holdout'].get(n)):>9}" for n in names)
-                         + f" {gap:>7} {row['fit_seconds']:>7.1f} "
+                         + f" {gap:>8} {row['fit_seconds']:>7.1f} "
                          f"{row['predict_rows_per_s']:>10,} {peak:>8}")
         return "\n".join(lines)
 

@@ -203,14 +203,28 @@ def _train_once(client: Any, params: Mapping[str, Any], X_train: Any, y_train: A
         dvalid = dxgb.DaskQuantileDMatrix(client, X_valid, y_valid, ref=dtrain,
                                           enable_categorical=True)
         evals.append((dvalid, "valid"))
-    from pipeline.checkpoint import StoreCheckpoint
+    from pipeline.checkpoint import PROGRESS_TOPIC, RoundProgress, StoreCheckpoint
 
-    callbacks = [StoreCheckpoint(checkpoint, every)] if checkpoint and every else None
     if rounds <= 0:  # a checkpoint of the whole training: nothing left to do
         return {"booster": resume, "history": {}}
-    return dxgb.train(client, dict(params), dtrain, num_boost_round=rounds, evals=evals,
-                      early_stopping_rounds=early_stopping_rounds, verbose_eval=False,
-                      xgb_model=resume, callbacks=callbacks)
+    done = _rounds(resume)
+    callbacks = [RoundProgress(done + rounds, start=done)]
+    if checkpoint and every:
+        callbacks.append(StoreCheckpoint(checkpoint, every))
+
+    def progress(event: tuple[float, Mapping[str, Any]]) -> None:
+        msg = event[1]
+        logger.info("           boosting round %s/%s%s", f"{msg['round']:,}",
+                    f"{msg['rounds']:,}", "".join(f", {k} {v:.4g}"
+                                                  for k, v in msg["metrics"].items()))
+
+    client.subscribe_topic(PROGRESS_TOPIC, progress)
+    try:
+        return dxgb.train(client, dict(params), dtrain, num_boost_round=rounds, evals=evals,
+                          early_stopping_rounds=early_stopping_rounds, verbose_eval=False,
+                          xgb_model=resume, callbacks=callbacks)
+    finally:
+        client.unsubscribe_topic(PROGRESS_TOPIC)
 
 
 def _looks_like_lost_worker(exc: BaseException) -> bool:

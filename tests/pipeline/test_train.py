@@ -53,6 +53,42 @@ def test_dask_training_matches_single_process(one_worker, task: str) -> None:
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     assert fit.n_estimators == 25
 
+    # our training step is xgboost.dask's own: its sklearn-style estimator agrees too
+    from xgboost import dask as dxgb
+
+    dcls = dxgb.DaskXGBRegressor if task == "regression" else dxgb.DaskXGBClassifier
+    wrapped = dcls(**params, enable_categorical=True, random_state=0)
+    wrapped.client = one_worker
+    wrapped.fit(ddf[["a", "b", "c"]], ddf["__y"])
+    dpred = (wrapped.predict(ddf[["a", "b", "c"]]) if task == "regression"
+             else wrapped.predict_proba(ddf[["a", "b", "c"]])).compute()
+    if task == "binary":
+        dpred = np.asarray(dpred)[:, 1]
+    np.testing.assert_allclose(ours, np.asarray(dpred), atol=1e-5)
+
+
+def test_boosting_progress_reaches_the_client(one_worker) -> None:
+    import time
+
+    import dask.dataframe as dd
+
+    from pipeline.checkpoint import PROGRESS_TOPIC
+
+    X, y = data("binary", n=1000)
+    ddf = dd.from_pandas(X.assign(__y=y), npartitions=1).persist()
+    fit_xgboost(ddf[["a", "b", "c"]], ddf["__y"], ddf[["a", "b", "c"]], ddf["__y"],
+                params={"n_estimators": 12, "max_depth": 2}, task="binary", n_classes=2,
+                early_stopping_rounds=None, seed=0, client=one_worker)
+    deadline = time.monotonic() + 30
+    while True:  # the last round is always reported; events travel asynchronously
+        events = [msg for _, msg in one_worker.get_events(PROGRESS_TOPIC)]
+        last = [m for m in events if m["round"] == m["rounds"] == 12]
+        if last:
+            break
+        assert time.monotonic() < deadline, events
+        time.sleep(0.05)
+    assert {"train-logloss", "valid-logloss"} <= set(last[0]["metrics"])
+
 
 def test_xgb_params_translate_sklearn_names() -> None:
     params, rounds = xgb_params({"n_estimators": 40, "learning_rate": 0.05, "n_jobs": 8,
