@@ -205,6 +205,50 @@ def check_headers(headers: Mapping[str, Mapping[str, str]], *, schema: Mapping[s
     return columns
 
 
+#: rows of each CSV file read by :func:`check_csv_sample` before any compute
+CSV_SAMPLE_ROWS = 1000
+
+
+def check_csv_sample(source: Source, schema: Mapping[str, str] | None,
+                     rows: int = CSV_SAMPLE_ROWS, max_workers: int = 16) -> None:
+    """CSV headers carry no types: read the first ``rows`` rows of every file and check the
+    columns the contract declares numeric or boolean. A value that cannot be one is named with
+    its file, line and column, before any compute (a bad value further down still fails the
+    read, without the line).
+    """
+    if source.format != "csv" or not schema:
+        return
+    import pandas as pd
+
+    declared = {c: t for c, t in schema.items()
+                if t.lower().startswith(("int", "uint", "float")) or t in ("bool", "boolean")}
+    if not declared:
+        return
+
+    def one(name: str) -> None:
+        sep = "\t" if name.lower().endswith((".tsv", ".tsv.gz")) else ","
+        with source.fs.open(name, "rb", compression="infer") as f:
+            sample = pd.read_csv(f, usecols=list(declared), dtype=str, nrows=rows, sep=sep,
+                                 keep_default_na=True)
+        for column, kind in declared.items():
+            text = sample[column]
+            present = text.notna()
+            if kind in ("bool", "boolean"):
+                bad = present & ~text.str.strip().str.lower().isin(
+                    ["true", "false", "1", "0", "t", "f", "yes", "no"])
+            else:
+                bad = present & pd.to_numeric(text, errors="coerce").isna()
+            if bad.any():
+                row = int(bad.to_numpy().argmax())
+                raise DataError(
+                    f"column {column!r} of {name} holds {text.iloc[row]!r} on line {row + 2}, "
+                    f"which is not a {kind} value (data.schema declares it {kind}); fix the "
+                    "file, or declare the column as category or str")
+
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(source.files))) as pool:
+        list(pool.map(one, source.files))
+
+
 def _compatible(arrow_type: str, declared: str) -> bool:
     """Can a Parquet column of ``arrow_type`` be read as ``declared`` without losing meaning?"""
     t = arrow_type.lower()

@@ -176,6 +176,7 @@ def _stages(job: JobSpec, client: Any, perf: contextlib.ExitStack, perf_path: st
     required = [data.target, *data.id_columns, *([data.split.by] if data.split.by else []),
                 *job.evaluate.slices, *context]
     columns = load.check_headers(headers, schema=data.schema_, required=required)
+    load.check_csv_sample(source, data.schema_)
     raw = load.read(source, columns, schema=data.schema_,
                     drop=[c for c in data.drop if c not in context],
                     storage_options=options, blocksize=data.blocksize)

@@ -104,6 +104,21 @@ def test_csv_read_applies_the_contract(tmp_path: Path) -> None:
     assert len(ddf.compute()) == 80
 
 
+def test_csv_sample_checks_declared_types_before_any_compute(tmp_path: Path) -> None:
+    schema = {"x": "float64", "k": "category", "y": "int64"}
+    frame(40).to_csv(tmp_path / "a.csv", index=False)
+    bad = frame(40, 1).astype({"x": object})
+    bad.loc[[3, 7], "x"] = ["", "n/a"]  # missing values are fine, 'n/a' is NA to pandas too
+    bad.loc[12, "x"] = "12,5"           # a decimal comma is not
+    bad.to_csv(tmp_path / "b.csv", index=False)
+    src = load.find_files(str(tmp_path))
+    with pytest.raises(DataError, match=r"column 'x' of .*b\.csv holds '12,5' on line 14, "
+                                        r"which is not a float64 value"):
+        load.check_csv_sample(src, schema)
+    load.check_csv_sample(src, {"x": "str", "k": "category"})  # text may hold anything
+    load.check_csv_sample(load.find_files(str(tmp_path / "a.csv")), schema)
+
+
 def summarize(df: pd.DataFrame, task: str = "binary", **kw: object) -> load.Summary:
     ddf = dd.from_pandas(df, npartitions=2)
     return load.summarize(ddf, target="y", task=task, source="test.parquet", **kw)
