@@ -291,22 +291,63 @@ def read(source: Source, columns: Sequence[str], *, schema: Mapping[str, str] | 
     files = list(source.files)
     if source.format == "parquet":
         ddf = dd.read_parquet(files, columns=keep, storage_options=options, index=False)
+        numeric: list[str] = []
     else:
-        dtypes = {c: _csv_dtype(t) for c, t in (schema or {}).items() if c in keep}
+        # declared numbers are read as text and converted in _coerce, so that a bad value
+        # is named with its column and file (pandas' parser would only say "could not
+        # convert string to float")
+        numeric = [c for c, t in (schema or {}).items()
+                   if c in keep and t.lower().startswith(("int", "uint", "float"))]
+        dtypes = {c: "str" if c in numeric else _csv_dtype(t)
+                  for c, t in (schema or {}).items() if c in keep}
         sep = "\t" if files[0].lower().endswith((".tsv", ".tsv.gz")) else ","
         ddf = dd.read_csv(files, usecols=keep, dtype=dtypes or None, sep=sep,
                           blocksize=None if _compressed(files[0]) else blocksize,
-                          storage_options=options)
-        ddf = ddf[keep]
+                          storage_options=options,
+                          include_path_column=_PATH if numeric else False)
+        ddf = ddf[[*keep, _PATH] if numeric else keep]
     casts = {c: t for c, t in (schema or {}).items() if c in keep and str(ddf.dtypes[c]) != t}
     # Always one map_partitions, even without casts: persisting a bare projected read_parquet
     # gives a collection whose keys were never computed ("lost dependencies" on the next
     # compute, dask/dask#12488).
-    return ddf.map_partitions(_coerce, casts, meta=_coerce(ddf._meta, casts))
+    return ddf.map_partitions(_coerce, casts, numeric, meta=_coerce(ddf._meta, casts, numeric))
 
 
-def _coerce(df: Any, casts: Mapping[str, str]) -> Any:
-    return df.astype(dict(casts)) if casts else df
+#: the file of each CSV row, while its declared numbers are converted (then dropped)
+_PATH = "__mlpipe_path__"
+
+
+def _coerce(df: Any, casts: Mapping[str, str], numeric: Sequence[str] = ()) -> Any:
+    import pandas as pd
+
+    if numeric:
+        df = df.copy()
+        for column in numeric:
+            text = df[column]
+            values = pd.to_numeric(text, errors="coerce")
+            bad = text.notna() & values.isna()
+            if bad.any():
+                i = int(bad.to_numpy().argmax())
+                raise DataError(f"column {column!r} of {df[_PATH].iloc[i]} holds "
+                                f"{text.iloc[i]!r}, which is not a {casts.get(column)} value "
+                                "(data.schema); fix the file, or declare the column as "
+                                "category or str")
+            df[column] = values
+        df = df.drop(columns=_PATH)
+    try:
+        return df.astype(dict(casts)) if casts else df
+    except (TypeError, ValueError) as exc:
+        column = next((c for c in casts if not _casts_cleanly(df[c], casts[c])), "?")
+        raise DataError(f"column {column!r} cannot be read as {casts.get(column)} "
+                        f"(data.schema): {exc}") from exc
+
+
+def _casts_cleanly(values: Any, dtype: str) -> bool:
+    try:
+        values.astype(dtype)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _csv_dtype(declared: str) -> str:

@@ -119,6 +119,24 @@ def test_csv_sample_checks_declared_types_before_any_compute(tmp_path: Path) -> 
     load.check_csv_sample(load.find_files(str(tmp_path / "a.csv")), schema)
 
 
+def test_a_bad_csv_value_past_the_sample_names_column_and_file(tmp_path: Path) -> None:
+    schema = {"x": "float64", "k": "category", "y": "int64"}
+    frame(40).to_csv(tmp_path / "a.csv", index=False)
+    bad = frame(3000, 1).astype({"x": object})
+    bad.loc[2500, "x"] = "oops"
+    bad.to_csv(tmp_path / "b.csv", index=False)
+    src = load.find_files(str(tmp_path))
+    load.check_csv_sample(src, schema)  # the first 1,000 rows are clean
+    ddf = load.read(src, load.check_headers(load.read_headers(src), schema=schema,
+                                            required=[]), schema=schema)
+    assert dict(ddf.dtypes.astype(str)) == schema
+    with pytest.raises(DataError, match=r"column 'x' of .*b\.csv holds 'oops', which is not "
+                                        r"a float64 value"):
+        ddf.compute(scheduler="sync")
+    assert len(load.read(load.find_files(str(tmp_path / "a.csv")), ["x", "k", "y"],
+                         schema=schema).compute(scheduler="sync")) == 40
+
+
 def summarize(df: pd.DataFrame, task: str = "binary", **kw: object) -> load.Summary:
     ddf = dd.from_pandas(df, npartitions=2)
     return load.summarize(ddf, target="y", task=task, source="test.parquet", **kw)
