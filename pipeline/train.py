@@ -197,6 +197,7 @@ def _train_once(client: Any, params: Mapping[str, Any], X_train: Any, y_train: A
                 every: int) -> dict[str, Any]:
     from xgboost import dask as dxgb
 
+    X_train, y_train, X_valid, y_valid = _colocate(client, X_train, y_train, X_valid, y_valid)
     dtrain = dxgb.DaskQuantileDMatrix(client, X_train, y_train, enable_categorical=True)
     evals = [(dtrain, "train")]
     if X_valid is not None:
@@ -225,6 +226,30 @@ def _train_once(client: Any, params: Mapping[str, Any], X_train: Any, y_train: A
                           xgb_model=resume, callbacks=callbacks)
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)
+
+
+def _colocate(client: Any, X_train: Any, y_train: Any, X_valid: Any,
+              y_valid: Any) -> tuple[Any, Any, Any, Any]:
+    """The validation rows on the workers that hold training rows.
+
+    xgboost.dask trains on every worker that holds a partition of any of its matrices. A
+    worker with validation rows but no training rows fails with categorical features ("A
+    worker cannot have empty input when a dataframe with categorical features is used") and
+    idles otherwise; it happens whenever the training set has fewer partitions than the
+    cluster has workers (a small CSV is one partition).
+    """
+    from distributed import futures_of, wait
+
+    same = X_valid is not None and X_valid._name == X_train._name  # evaluated on its own rows
+    X_train, y_train = client.persist([X_train, y_train])
+    wait([X_train, y_train])
+    if X_valid is None or same:
+        return X_train, y_train, (X_train if same else X_valid), (y_train if same else y_valid)
+    holders = sorted({w for ws in client.who_has(futures_of(X_train)).values() for w in ws})
+    X_valid, y_valid = client.persist([X_valid, y_valid], workers=holders,
+                                      allow_other_workers=False)
+    wait([X_valid, y_valid])
+    return X_train, y_train, X_valid, y_valid
 
 
 def _looks_like_lost_worker(exc: BaseException) -> bool:

@@ -39,7 +39,7 @@ def test_dask_training_matches_single_process(one_worker, task: str) -> None:
     X, y = data(task)
     params = {"n_estimators": 25, "max_depth": 4, "learning_rate": 0.3, "tree_method": "hist"}
     n_classes = 3 if task == "multiclass" else 2
-    ddf = dd.from_pandas(X.assign(__y=y), npartitions=1).persist()
+    ddf = one_worker.persist(dd.from_pandas(X.assign(__y=y), npartitions=1))
     fit = fit_xgboost(ddf[["a", "b", "c"]], ddf["__y"], None, None, params=params, task=task,
                       n_classes=n_classes, early_stopping_rounds=None, seed=0,
                       client=one_worker)
@@ -67,7 +67,26 @@ def test_dask_training_matches_single_process(one_worker, task: str) -> None:
     np.testing.assert_allclose(ours, np.asarray(dpred), atol=1e-5)
 
 
-def test_boosting_progress_reaches_the_client(one_worker) -> None:
+def test_one_partition_with_categoricals_on_two_workers(client) -> None:
+    # a small CSV is one partition: validation rows on the other worker used to fail with
+    # "A worker cannot have empty input when a dataframe with categorical features is used"
+    import dask.dataframe as dd
+
+    X, y = data("regression", n=2000)
+    train = dd.from_pandas(X.iloc[:1500].assign(__y=y[:1500]), npartitions=1)
+    valid = dd.from_pandas(X.iloc[1500:].assign(__y=y[1500:]), npartitions=1)
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    assert len(workers) == 2
+    train = client.persist(train, workers=workers[:1])
+    valid = client.persist(valid, workers=workers[1:])  # the placement that failed
+    fit = fit_xgboost(train[["a", "b", "c"]], train["__y"], valid[["a", "b", "c"]],
+                      valid["__y"], params={"n_estimators": 10, "max_depth": 3},
+                      task="regression", n_classes=None, early_stopping_rounds=5, seed=0,
+                      client=client)
+    assert fit.booster.num_boosted_rounds() >= 1 and "valid" in fit.history
+
+
+def test_boosting_progress_reaches_the_client(client) -> None:
     import time
 
     import dask.dataframe as dd
@@ -75,13 +94,13 @@ def test_boosting_progress_reaches_the_client(one_worker) -> None:
     from pipeline.checkpoint import PROGRESS_TOPIC
 
     X, y = data("binary", n=1000)
-    ddf = dd.from_pandas(X.assign(__y=y), npartitions=1).persist()
+    ddf = client.persist(dd.from_pandas(X.assign(__y=y), npartitions=1))
     fit_xgboost(ddf[["a", "b", "c"]], ddf["__y"], ddf[["a", "b", "c"]], ddf["__y"],
                 params={"n_estimators": 12, "max_depth": 2}, task="binary", n_classes=2,
-                early_stopping_rounds=None, seed=0, client=one_worker)
+                early_stopping_rounds=None, seed=0, client=client)
     deadline = time.monotonic() + 30
     while True:  # the last round is always reported; events travel asynchronously
-        events = [msg for _, msg in one_worker.get_events(PROGRESS_TOPIC)]
+        events = [msg for _, msg in client.get_events(PROGRESS_TOPIC)]
         last = [m for m in events if m["round"] == m["rounds"] == 12]
         if last:
             break
