@@ -195,6 +195,19 @@ def _train_once(client: Any, params: Mapping[str, Any], X_train: Any, y_train: A
                 X_valid: Any, y_valid: Any, *, rounds: int, resume: Any,
                 early_stopping_rounds: int | None, checkpoint: tuple[Any, str] | None,
                 every: int) -> dict[str, Any]:
+    # xgboost.dask waits on its futures with distributed.wait, which uses the *default*
+    # client: with another Client alive in this process (a notebook, a test session) that
+    # deadlocks, so the given client is made the current one for the whole step
+    with client.as_current():
+        return _train_on(client, params, X_train, y_train, X_valid, y_valid, rounds=rounds,
+                         resume=resume, early_stopping_rounds=early_stopping_rounds,
+                         checkpoint=checkpoint, every=every)
+
+
+def _train_on(client: Any, params: Mapping[str, Any], X_train: Any, y_train: Any,
+              X_valid: Any, y_valid: Any, *, rounds: int, resume: Any,
+              early_stopping_rounds: int | None, checkpoint: tuple[Any, str] | None,
+              every: int) -> dict[str, Any]:
     from xgboost import dask as dxgb
 
     X_train, y_train, X_valid, y_valid = _colocate(client, X_train, y_train, X_valid, y_valid)

@@ -86,7 +86,9 @@ def test_one_partition_with_categoricals_on_two_workers(client) -> None:
     assert fit.booster.num_boosted_rounds() >= 1 and "valid" in fit.history
 
 
-def test_boosting_progress_reaches_the_client(client) -> None:
+def test_boosting_progress_reaches_the_client(one_worker, client) -> None:
+    # one_worker is not the default client here (the session's `client` is newer):
+    # xgboost.dask on a non-default client used to deadlock
     import time
 
     import dask.dataframe as dd
@@ -94,13 +96,13 @@ def test_boosting_progress_reaches_the_client(client) -> None:
     from pipeline.checkpoint import PROGRESS_TOPIC
 
     X, y = data("binary", n=1000)
-    ddf = client.persist(dd.from_pandas(X.assign(__y=y), npartitions=1))
+    ddf = one_worker.persist(dd.from_pandas(X.assign(__y=y), npartitions=1))
     fit_xgboost(ddf[["a", "b", "c"]], ddf["__y"], ddf[["a", "b", "c"]], ddf["__y"],
                 params={"n_estimators": 12, "max_depth": 2}, task="binary", n_classes=2,
-                early_stopping_rounds=None, seed=0, client=client)
+                early_stopping_rounds=None, seed=0, client=one_worker)
     deadline = time.monotonic() + 30
     while True:  # the last round is always reported; events travel asynchronously
-        events = [msg for _, msg in client.get_events(PROGRESS_TOPIC)]
+        events = [msg for _, msg in one_worker.get_events(PROGRESS_TOPIC)]
         last = [m for m in events if m["round"] == m["rounds"] == 12]
         if last:
             break
