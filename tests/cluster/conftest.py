@@ -342,9 +342,11 @@ def reference(tls_cluster: ProcCluster, s3_demo: str,
     job_file.write_text(yaml.safe_dump(lean_job(
         f"{s3_demo}/demo", output, cluster={"security": tls_cluster.certs.block()})))
     stdout = io.StringIO()
+    start = time.perf_counter()
     with contextlib.redirect_stdout(stdout):
         code = main(["run", str(job_file), "--scheduler", tls_cluster.address])
     assert code == 0, stdout.getvalue()
+    print(f"\nundisturbed reference run: {time.perf_counter() - start:.1f} s")  # fault tests compare
     text = stdout.getvalue()
     run_url = next(line.split()[1] for line in text.splitlines() if line.startswith("run:"))
     fs, path = filesystem(run_url)
