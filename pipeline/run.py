@@ -73,12 +73,11 @@ class RunResult:
         lines = [head, "-" * len(head)]
         for row in self.leaderboard:
             cv = "n/a" if row["cv_mean"] is None else (
-                f"{row['cv_mean']:.4f}±{row['cv_std'] or 0:.4f}")
+                f"{_short(row['cv_mean'])}±{_short(row['cv_std'] or 0)}")
             name = ("* " if row["chosen"] else "  ") + row["family"]
             peak = "n/a" if row["peak_memory_bytes"] is None else \
                 f"{row['peak_memory_bytes'] / 2**20:,.0f}"
-            gap = "n/a" if row["gap"] is None else (
-                f"{row['gap']:+,.0f}" if abs(row["gap"]) >= 1000 else f"{row['gap']:+.4f}")
+            gap = "n/a" if row["gap"] is None else _short(row["gap"], sign=True)
             lines.append(f"{name:<20} {row['training']:<11} {cv:>16} "
                          + " ".join(f"{_fmt(row['holdout'].get(n)):>9}" for n in names)
                          + f" {gap:>8} {row['fit_seconds']:>7.1f} "
@@ -822,6 +821,12 @@ def _parquet(frame: Any) -> bytes:
     buffer = io.BytesIO()
     frame.reset_index(drop=True).to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+def _short(value: float, sign: bool = False) -> str:
+    """4 decimals for scores, whole numbers for figures in the target's unit (RMSE $)."""
+    spec = ("+" if sign else "") + (",.0f" if abs(value) >= 100 else ".4f")
+    return format(value, spec)
 
 
 def _fmt(value: Any) -> str:
