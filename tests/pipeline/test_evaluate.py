@@ -160,6 +160,18 @@ def test_empty_partitions() -> None:
     assert r["rmse"] == pytest.approx(
         skm.root_mean_squared_error(reg["y_true"][:1000], reg["y_pred"][:1000]), **EXACT
     )
+    multi = multiclass_frame(6_000)
+    mddf = to_dask(multi.assign(row=np.arange(len(multi))), 6)
+    mddf = mddf[mddf.row < 2_000]  # partitions 2.. are empty
+    mm = evaluate_predictions(mddf.drop(columns="row"), "multiclass", slices=["segment"])
+    kept = multi.iloc[:2_000]
+    proba = kept[[c for c in kept.columns if c.startswith("proba_")]].to_numpy()
+    assert mm["n"] == 2_000
+    assert mm["accuracy"] == pytest.approx(
+        skm.accuracy_score(kept["y_true"], proba.argmax(axis=1)), **EXACT)
+    assert mm["f1_macro"] == pytest.approx(
+        skm.f1_score(kept["y_true"], proba.argmax(axis=1), average="macro"), **EXACT)
+    assert mm["log_loss"] == pytest.approx(skm.log_loss(kept["y_true"], proba), **EXACT)
 
 
 def test_all_partitions_empty() -> None:
