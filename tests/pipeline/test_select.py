@@ -217,7 +217,9 @@ def test_regression_families_and_full_strategy(client, tmp_path) -> None:
 
     families = {"xgboost": {"n_estimators": [30, 60], "max_depth": 4},
                 "linear_svm": {"alpha": 0.0001}, "mlp": {"hidden_layer_sizes": [[16]]},
-                "knn": {"n_neighbors": 10}, "svm": {"C": 10.0}}
+                "knn": {"n_neighbors": 10}, "svm": {"C": 10.0},
+                "random_forest": {"n_estimators": 20, "max_depth": 6},
+                "decision_tree": {"max_depth": 6}}
     job = load_job({"name": "housing", "output": str(tmp_path / "out"),
                     "data": {"train": str(HOUSING_CSV), "target": "median_house_value",
                              "task": "regression"},
@@ -230,4 +232,9 @@ def test_regression_families_and_full_strategy(client, tmp_path) -> None:
     # a standardised target: the gradient-based regressors are in the right ballpark
     assert board["linear_svm"]["holdout"]["rmse"] < 100_000
     assert board["mlp"]["holdout"]["rmse"] < 100_000
+    assert set(board) == set(families)  # the seven families that do regression
+    assert board["random_forest"]["training"] == "distributed"
+    assert board["decision_tree"]["training"] == "sample"
+    for row in board.values():  # a mean predictor scores about 115,000
+        assert row["holdout"]["rmse"] < 100_000 and row["holdout"]["r2"] > 0.2
     check_sample(result.model_url)
