@@ -31,6 +31,21 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
+class _Libraries(_Stderr):
+    """The root logger's handler: what other libraries (distributed) log."""
+
+
+class _NoTraceback(logging.Formatter):
+    """One line per record: the traceback is left out (``-v`` shows it)."""
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+        return ""
+
+
+#: distributed's own log format (``distributed.admin.log-format``)
+_DISTRIBUTED_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+
+
 def _setup_logging(verbose: bool) -> None:
     handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -39,6 +54,20 @@ def _setup_logging(verbose: bool) -> None:
         log.handlers[:] = [handler]
         log.setLevel(logging.DEBUG if verbose else logging.INFO)
         log.propagate = False
+    # distributed logs a lost scheduler or a failed task with its whole traceback, which
+    # would bury the one paragraph the CLI prints. distributed adds a handler of its own at
+    # import only when the root logger has none; with ours on the root, its records
+    # propagate here instead (and a distributed imported earlier gets our format).
+    formatter = (logging.Formatter if verbose else _NoTraceback)(_DISTRIBUTED_FORMAT)
+    root = logging.getLogger()
+    libraries = next((h for h in root.handlers if isinstance(h, _Libraries)), None)
+    if libraries is None:
+        libraries = _Libraries()
+        root.addHandler(libraries)
+    libraries.setFormatter(formatter)
+    libraries.setLevel(logging.INFO if verbose else logging.WARNING)  # their chatter: -v
+    for h in logging.getLogger("distributed").handlers:
+        h.setFormatter(formatter)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
