@@ -475,8 +475,11 @@ def model_bytes(model: Any) -> tuple[str, bytes]:
 
 
 def load_predictor(bundle: Bundle) -> Any:
-    """The :class:`~pipeline.predictor.Predictor` of a verified bundle."""
+    """The :class:`~pipeline.predictor.Predictor` of a bundle, after checking every file the
+    manifest lists (a version is trusted whole or not at all)."""
     from pipeline.predictor import Predictor
+
+    bundle.verify()
 
     schema = bundle.json("schema.json")
     preprocessor = loads_skops(bundle.read("preprocessor.skops"), f"{bundle.url}/preprocessor")
@@ -520,6 +523,4 @@ def load_model(url: str, storage_options: Mapping[str, Any] | None = None) -> An
     >>> model = load_model("s3://bucket/mlpipe/models/demo")       # doctest: +SKIP
     >>> model.predict(frame)                                       # doctest: +SKIP
     """
-    bundle = open_bundle(url, storage_options)
-    bundle.verify()
-    return load_predictor(bundle)
+    return load_predictor(open_bundle(url, storage_options))

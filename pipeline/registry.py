@@ -131,10 +131,7 @@ def show_model(root: str, name: str, version: str | None = None, *,
     if record is None:
         raise BundleError(f"{version} is not a version of model {name!r} at {root}; its "
                           f"versions: {list(records) or 'none'}")
-    bundle = artifacts.open_bundle(artifacts.join(root, "runs", version), storage_options)
-    if record.get("manifest_sha256") and bundle.manifest["_sha256"] != record["manifest_sha256"]:
-        raise BundleError(f"the manifest of {version} does not match the sha256 in its version "
-                          "record: the version was changed after it was registered")
+    bundle = _open_version(root, version, record, storage_options)
     manifest = bundle.manifest
     return {"name": name, "run_id": version,
             "current": bool(current and current["run_id"] == version),
@@ -210,16 +207,24 @@ def rollback(root: str, name: str, *, expected_run: Any = _READ,
                           f"history is empty; current: {current['run_id']})")
     previous = history[0]
     records = _records(fs, path)
-    bundle = artifacts.open_bundle(artifacts.join(root, "runs", previous), storage_options)
-    recorded = records.get(previous, {}).get("manifest_sha256")
-    if recorded and recorded != bundle.manifest["_sha256"]:
-        raise BundleError(f"the previous version {previous} no longer matches its version "
-                          "record; refusing to make it current")
+    bundle = _open_version(root, previous, records.get(previous, {}), storage_options)
     doc = artifacts.set_current(root, name, previous, manifest_sha256=bundle.manifest["_sha256"],
                                 storage_options=storage_options, expected_run=expected_run,
                                 reason="rollback", history=history[1:])
     logger.info("model %r rolled back: %s -> %s", name, current["run_id"], previous)
     return doc
+
+
+def _open_version(root: str, run_id: str, record: Mapping[str, Any],
+                  storage_options: Mapping[str, Any] | None) -> Any:
+    """The bundle of a registered version, its manifest checked against the version record."""
+    bundle = artifacts.open_bundle(artifacts.join(root, "runs", run_id), storage_options)
+    recorded = record.get("manifest_sha256")
+    if recorded and recorded != bundle.manifest["_sha256"]:
+        raise BundleError(f"the manifest of {run_id} does not match the sha256 in its version "
+                          "record: the version was changed after it was registered; refusing "
+                          "to use it")
+    return bundle
 
 
 def _verified_run(root: str, name: str, run_id: str,
