@@ -444,6 +444,14 @@ class JobSpec(_Spec):
                                  f"use one of: {', '.join(METRICS[task])}")
         if task != "binary" and (self.evaluate.min_precision or self.evaluate.min_recall):
             raise ValueError("evaluate.min_precision / min_recall apply to binary tasks only")
+        if self.search.method == "grid" and self.search.strategy == "sample":
+            for family, params in self.models.items():
+                ranged = [k for k, v in params.items() if isinstance(v, dict)]
+                if ranged:
+                    raise ValueError(
+                        f"models.{family}.{ranged[0]} is a distribution, which a grid cannot "
+                        "enumerate: give a list of values, or use search.method random or "
+                        "halving (they sample search.n_iter candidates)")
         if self.search.method == "halving" and self.search.strategy == "full":
             raise ValueError("search.method halving runs on the in-memory sample; use "
                              "strategy: sample with it")

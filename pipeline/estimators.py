@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 
@@ -68,3 +68,52 @@ class ScaledTargetRegressor(RegressorMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "regressor_")
         return np.asarray(self.regressor_.predict(X), dtype=np.float64) * self.scale_ + self.mean_
+
+
+class FixedPredictions(BaseEstimator):
+    """A stand-in model whose ``predict`` returns ``values``, whatever ``X`` is.
+
+    Use :func:`fixed_predictions`: it gives a classifier or a regressor.
+    """
+
+    def __init__(self, values: np.ndarray | None = None) -> None:
+        self.values = values
+
+    def fit(self, X: Any = None, y: Any = None) -> FixedPredictions:
+        return self  # already "fitted": scorers only ask that there is a fit
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.values
+
+
+class FixedRegressorPredictions(RegressorMixin, FixedPredictions):
+    pass
+
+
+class FixedClassifierPredictions(ClassifierMixin, FixedPredictions):
+    """``values`` are class probabilities (one column per class of ``classes``)."""
+
+    def __init__(self, values: np.ndarray | None = None, classes: Any = None) -> None:
+        self.values, self.classes = values, classes
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return np.asarray(self.classes)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return self.values
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[np.argmax(self.values, axis=1)]
+
+
+def fixed_predictions(out: np.ndarray, classes: Any = None) -> FixedPredictions:
+    """A stand-in for a fitted model that predicted ``out``: a booster's raw output.
+
+    With ``classes``: a classifier, ``out`` being P(class 1) (binary) or one column per class;
+    without: a regressor.
+    """
+    if classes is None:
+        return FixedRegressorPredictions(out)
+    proba = np.column_stack([1.0 - out, out]) if out.ndim == 1 else out
+    return FixedClassifierPredictions(proba, classes)

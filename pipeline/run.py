@@ -524,7 +524,8 @@ def _search(job: JobSpec, sample: Any, feature_columns: Sequence[str], classes: 
             found = select.search_family(
                 family, pipeline, X.iloc[:rows], y[:rows], params=params, task=task,
                 primary=job.primary_metric, method=search.method, cv=search.cv,
-                n_iter=search.n_iter, factor=search.factor, seed=search.seed, client=client)
+                n_iter=search.n_iter, factor=search.factor, seed=search.seed, client=client,
+                patience=job.train.early_stopping_rounds)
         spread = f" ± {found.cv_std:.4f}" if found.cv_std is not None else ""
         watch.lap(f"search:{family}", f"{family}: {found.candidates} candidate(s), "
                                       f"{found.method} search, best {job.primary_metric} = "

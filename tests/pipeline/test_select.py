@@ -117,6 +117,56 @@ def test_halving_continues_boosting_and_keeps_the_best(client) -> None:
     assert halving.cv_mean == pytest.approx(full.cv_mean, abs=0.02)
 
 
+def test_boosting_is_scored_at_its_best_round_count(client) -> None:
+    """The curve's score at ``rounds`` is plain k-fold CV of that many rounds."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    X, y = data(n=1500)
+    found = search_family("xgboost", pipeline_for("xgboost"), X, y,
+                          params={"max_depth": [2, 6], "learning_rate": 0.3,
+                                  "n_estimators": 120},
+                          task="binary", primary="log_loss", method="grid", cv=3, n_iter=2,
+                          factor=3, seed=0, client=client)
+    table = found.cv_results
+    assert (table["budget"] == 120).all()  # a grid trains every candidate fully
+    for _, row in table.iterrows():
+        assert 0 < row["rounds"] <= 120
+        expected = -cross_val_score(
+            pipeline_for("xgboost", **row["params"], learning_rate=0.3,
+                         n_estimators=int(row["rounds"])),
+            X, y, cv=StratifiedKFold(3, shuffle=True, random_state=0),
+            scoring="neg_log_loss").mean()
+        assert row["mean_log_loss"] == pytest.approx(expected, rel=1e-5)
+    deep = table[table["params"].map(lambda p: p["max_depth"] == 6)].iloc[0]
+    assert deep["rounds"] < 120  # an overfitting candidate is scored before it overfits
+    assert found.best_params["n_estimators"] == 120  # the refit early-stops on its own
+
+
+def test_halving_stops_a_candidate_that_no_longer_improves(client) -> None:
+    X, y = data(n=1500)
+    params = {"max_depth": 8, "learning_rate": 1.0, "n_estimators": 200}
+    runs = {patience: search_family("xgboost", pipeline_for("xgboost"), X, y, params=params,
+                                    task="binary", primary="roc_auc", method="halving", cv=2,
+                                    n_iter=1, factor=3, seed=0, client=client,
+                                    patience=patience)
+            for patience in (None, 10)}
+    unstopped, stopped = (runs[p].cv_results.iloc[0] for p in (None, 10))
+    assert unstopped["budget"] == 200
+    assert stopped["rounds"] + 10 <= stopped["budget"] < 200
+    # the peak came early (learning rate 1.0): stopping there loses nothing
+    assert stopped["mean_roc_auc"] == pytest.approx(unstopped["mean_roc_auc"], abs=0.01)
+
+
+def test_a_grid_cannot_enumerate_a_distribution() -> None:
+    with pytest.raises(JobError, match="models.svm.C is a distribution, which a grid cannot "
+                                       "enumerate"):
+        job(svm={"C": {"loguniform": [0.01, 1]}})
+    random = load_job({"name": "t", "output": "/tmp/unused", "search": {"method": "random"},
+                       "data": {"train": "/tmp/unused", "target": "y", "task": "binary"},
+                       "models": {"svm": {"C": {"loguniform": [0.01, 1]}}}})
+    assert random.models["svm"]["C"] == {"loguniform": [0.01, 1]}
+
+
 def test_halving_by_epochs_and_by_rows(client) -> None:
     X, y = data(n=1200)
     mlp = search_family("mlp", pipeline_for("mlp", max_iter=5), X, y,
