@@ -319,8 +319,7 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
         todo = [i for i in alive if not records[i].done]
         pending = {}
         for i in todo:
-            amount = min(own[i], reach)
-            records[i].rung_fits(rung, amount)
+            amount = records[i].budget = min(own[i], reach)
             for f in range(len(splits)):
                 both = client.submit(_rung_fit, folds[f], model, settings[i], budget, amount,
                                      states.get((i, f)), scoring, primary, step,
@@ -371,9 +370,6 @@ class _Record:
         self.curves: dict[int, dict[int, float]] = {}
         self.done = False
         self.best: tuple[float, float, int | None] = (math.nan, math.nan, None)
-
-    def rung_fits(self, rung: int, amount: int) -> None:
-        self.rung, self.budget = rung, amount
 
     def add(self, fold: int, summary: Mapping[str, Any]) -> None:
         self.scores[fold] = summary["scores"]
