@@ -283,6 +283,10 @@ class SearchSpec(_Spec):
     n_iter: int = Field(10, ge=1)
     #: successive halving: keep the best 1/factor at each rung.
     factor: int = Field(3, ge=2)
+    #: successive halving: what a rung gives more of. auto: the family's own (boosting
+    #: rounds for xgboost, partial_fit epochs for the incremental families, training rows
+    #: for the rest); rows works for every family.
+    budget: Literal["auto", "rows", "rounds", "epochs"] = "auto"
     seed: int = 0
 
 
@@ -452,6 +456,14 @@ class JobSpec(_Spec):
                         f"models.{family}.{ranged[0]} is a distribution, which a grid cannot "
                         "enumerate: give a list of values, or use search.method random or "
                         "halving (they sample search.n_iter candidates)")
+        budget = self.search.budget
+        if budget not in ("auto", "rows"):
+            cannot = [f for f in self.models if FAMILIES[f]["budget"] != budget]
+            if cannot:
+                raise ValueError(
+                    f"search.budget {budget}: models.{cannot[0]} has no {budget} to give more "
+                    f"of (only {', '.join(f for f in FAMILIES if FAMILIES[f]['budget'] == budget)}"
+                    " do); use auto (each family its own) or rows")
         if self.search.method == "halving" and self.search.strategy == "full":
             raise ValueError("search.method halving runs on the in-memory sample; use "
                              "strategy: sample with it")

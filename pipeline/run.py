@@ -493,6 +493,7 @@ def _needs_search(job: JobSpec) -> bool:
 def _search(job: JobSpec, sample: Any, feature_columns: Sequence[str], classes: Any,
             client: Any, watch: Stopwatch, full: tuple) -> dict[str, Any]:
     """Each family's best candidate (no CV at all when there is nothing to choose between)."""
+    import numpy as np
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
@@ -506,8 +507,8 @@ def _search(job: JobSpec, sample: Any, feature_columns: Sequence[str], classes: 
         return {family: select.SearchResult(
             family=family, method="none", best_params=dict(job.models[family]), cv_mean=None,
             cv_std=None, fit_seconds=0.0, candidates=1, cv_results=pd.DataFrame())}
-    y = (_encode_partition(sample[job.data.target], classes) if classes
-         else sample[job.data.target].to_numpy(dtype="float64"))
+    y = np.asarray(_encode_partition(sample[job.data.target], classes) if classes
+                   else sample[job.data.target].to_numpy(dtype="float64"))
     X = sample[list(feature_columns)]
     n_classes = len(classes) if classes else None
     out = {}
@@ -521,11 +522,15 @@ def _search(job: JobSpec, sample: Any, feature_columns: Sequence[str], classes: 
                                 + [("model", make_estimator(family, task, fixed,
                                                             search.seed))])
             rows = select.family_rows(family, search.sample_rows)
+            # a family capped below the sample (kernel SVM, kNN) gets a random share of it,
+            # not its first rows (the sample is in partition order: often time order)
+            take = (np.sort(np.random.default_rng(search.seed).permutation(len(X))[:rows])
+                    if rows < len(X) else slice(None))
             found = select.search_family(
-                family, pipeline, X.iloc[:rows], y[:rows], params=params, task=task,
+                family, pipeline, X.iloc[take], y[take], params=params, task=task,
                 primary=job.primary_metric, method=search.method, cv=search.cv,
                 n_iter=search.n_iter, factor=search.factor, seed=search.seed, client=client,
-                patience=job.train.early_stopping_rounds)
+                patience=job.train.early_stopping_rounds, budget=search.budget)
         spread = f" ± {found.cv_std:.4f}" if found.cv_std is not None else ""
         watch.lap(f"search:{family}", f"{family}: {found.candidates} candidate(s), "
                                       f"{found.method} search, best {job.primary_metric} = "

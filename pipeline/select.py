@@ -8,11 +8,12 @@ futures (:func:`_search`):
   on every fold, candidates x folds as parallel tasks. Each fold's preprocessing prefix is
   fitted once, in a task of its own, and shared by every candidate's fit on that fold.
 - ``halving``: successive halving. Every candidate starts with a small budget; at each rung
-  the best ``1/factor`` continue with ``factor`` times more. The budget is the family's:
-  boosting rounds for XGBoost (continued with ``xgb_model``, not restarted, with
-  cross-validated early stopping), ``partial_fit`` epochs for SGD / MLP, training rows for the
-  rest. (dask-ml's HyperbandSearchCV / SuccessiveHalvingSearchCV fail on dask >= 2025.3,
-  dask/dask-ml#1016.)
+  the best ``1/factor`` continue with ``factor`` times more. The budget (``search.budget``)
+  is by default the family's own: boosting rounds for XGBoost (continued with ``xgb_model``,
+  not restarted, with cross-validated early stopping), ``partial_fit`` epochs for SGD / MLP,
+  training rows for the rest; ``rows`` works for every family (a stratified random share of
+  each fold, bigger at each rung). (dask-ml's HyperbandSearchCV / SuccessiveHalvingSearchCV
+  fail on dask >= 2025.3, dask/dask-ml#1016.)
 
 Why not dask-ml's GridSearchCV, which merges the shared prefixes too: its graph hangs every
 task off the one key that holds the data, so every fold's preprocessing runs on that one
@@ -116,13 +117,15 @@ def family_rows(family: str, sample_rows: int) -> int:
 def search_family(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *,
                   params: Mapping[str, Any], task: str, primary: str, method: str, cv: int,
                   n_iter: int, factor: int, seed: int, client: Any,
-                  patience: int | None = None) -> SearchResult:
+                  patience: int | None = None, budget: str | None = None) -> SearchResult:
     """Search one family's candidates with k-fold CV on the sample ``X``, ``y``.
 
     ``pipeline`` is the unfitted Pipeline whose last step, ``model``, is the family's
     estimator; the fixed (scalar) ``params`` are set on it, the lists and distributions
-    searched. ``patience``: boosting rounds without a better mean CV score after which a
-    halving candidate gets no more rounds (None: never stopped early).
+    searched. ``patience``: boosting rounds without a better fold score after which a
+    boosting fit stops (halving only; None: never stopped early). ``budget``: what halving
+    gives more of at each rung (``rounds``, ``epochs`` or ``rows``; None or ``auto``: the
+    family's own, see :data:`pipeline.models.FAMILIES`).
     """
     from sklearn.base import clone
 
@@ -135,7 +138,7 @@ def search_family(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *,
                                              for k, v in fixed.items()})
     result = _search(family, pipeline, X, y, candidates(method, searched, n_iter, seed),
                      method=method, task=task, primary=primary, cv=cv, factor=factor,
-                     seed=seed, patience=patience, client=client)
+                     seed=seed, patience=patience, client=client, budget=budget)
     result.best_params = {**fixed, **result.best_params}
     result.seconds = time.perf_counter() - start
     return result
@@ -273,7 +276,8 @@ def _score_partition(df: pd.DataFrame, booster: Any, task: str,
 
 def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
             settings: list[dict[str, Any]], *, method: str, task: str, primary: str, cv: int,
-            factor: int, seed: int, patience: int | None, client: Any) -> SearchResult:
+            factor: int, seed: int, patience: int | None, client: Any,
+            budget: str | None = None) -> SearchResult:
     """Every method's CV on futures: fold preprocessing once, candidate x fold fits as tasks.
 
     The sample goes to every worker once; each fold's preprocessing (``pipeline[:-1]``) is one
@@ -291,20 +295,32 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
     score has not improved for ``patience`` rounds, and such a candidate gets no more rounds
     but stays in the ranking. (Halving on rounds still favours fast learners at its small
     budgets: deep trees and high learning rates lead early, and a shallow candidate that
-    would win at the full budget can be dropped at the first rung.)
+    would win at the full budget can be dropped at the first rung. ``budget="rows"`` trains
+    every rung afresh, all rounds, on a bigger share of the fold, and leans the other way:
+    little data favours simple models.)
     """
-    budget = FAMILIES[family]["budget"]
-    if method != "halving" and budget != "rounds":
-        budget = "fit"  # a plain fit of the estimator as configured
+    boosted = FAMILIES[family]["budget"] == "rounds"
+    if method != "halving":
+        budget = "rounds" if boosted else "fit"  # every candidate at its full budget
+    else:
+        budget = FAMILIES[family]["budget"] if budget in (None, "auto") else budget
+        if budget not in ("rows", FAMILIES[family]["budget"]):
+            raise ValueError(f"{family} cannot take {budget} as its halving budget: use "
+                             f"rows, or {FAMILIES[family]['budget']} (its own)")
     model = pipeline.steps[-1][1]
     splits = list(cv_splitter(task, cv, seed).split(X, y))
+    if budget == "rows":  # each rung trains on a bigger random (stratified) prefix
+        rng = np.random.default_rng(seed)
+        splits = [(_shuffled(train, y[train], task, rng), test) for train, test in splits]
     own = [_own_budget(budget, model, c, family, splits) for c in settings]
     n = len(settings)
     rungs = 1 if method != "halving" or n == 1 else max(
         2, int(math.floor(math.log(n, factor) + 1e-9)))
     full = max(own)
     min_budget = max(1, int(full / factor ** (rungs - 1)))
-    step = max(1, full // 27)  # checkpoint resolution of a boosting curve
+    rounds = [_own_budget("rounds", model, c, family, splits) for c in settings] \
+        if boosted else [1]
+    step = max(1, max(rounds) // 27)  # checkpoint resolution of a boosting curve
     scoring = scorers(task, primary)
 
     [data] = client.scatter([(X, y)], broadcast=True, hash=False)
@@ -323,7 +339,8 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
             for f in range(len(splits)):
                 both = client.submit(_rung_fit, folds[f], model, settings[i], budget, amount,
                                      states.get((i, f)), scoring, primary, step,
-                                     patience if method == "halving" else None, pure=False)
+                                     patience if method == "halving" else None, boosted,
+                                     pure=False)
                 pending[(i, f)] = client.submit(operator.itemgetter(0), both, pure=False)
                 states[(i, f)] = client.submit(operator.itemgetter(1), both, pure=False)
         for (i, f), summary in zip(pending, client.gather(list(pending.values()))):
@@ -331,7 +348,8 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
         for i in alive:
             records[i].rung = rung
             if i in todo:
-                records[i].settle(primary, len(splits), own[i], patience)
+                records[i].settle(primary, len(splits), own[i], patience,
+                                  continued=budget == "rounds")
         keep = max(1, math.ceil(len(alive) / factor)) if rung < rungs - 1 else len(alive)
         ranked = sorted(alive, key=lambda i: records[i].order(primary))
         for i in ranked[keep:]:  # out: free their models on the workers
@@ -348,6 +366,20 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
         cv_std=_float(table.loc[best, f"std_{primary}"]),
         fit_seconds=float(table.loc[best, "mean_fit_time"]), candidates=len(table),
         cv_results=table)
+
+
+def _shuffled(train: np.ndarray, y: np.ndarray, task: str,
+              rng: np.random.Generator) -> np.ndarray:
+    """``train`` in a random order whose every prefix holds the classes in their proportions
+    (for a classifier), so a rung's first rows are a stratified random subset."""
+    order = rng.permutation(len(train))
+    if task != "regression":  # spread each class evenly over the order
+        key = np.empty(len(train))
+        for label in np.unique(y):
+            mine = order[y[order] == label]
+            key[mine] = (np.arange(len(mine)) + rng.random(len(mine))) / len(mine)
+        order = np.argsort(key, kind="stable")
+    return train[order]
 
 
 def _own_budget(budget: str, model: Any, setting: Mapping[str, Any], family: str,
@@ -376,8 +408,14 @@ class _Record:
         self.curves.setdefault(fold, {}).update(summary["curve"])
         self.fit_seconds += summary["seconds"]
 
-    def settle(self, primary: str, folds: int, own: int, patience: int | None) -> None:
-        """This rung's score: the mean over folds (at the best checkpoint, for boosting)."""
+    def settle(self, primary: str, folds: int, own: int, patience: int | None,
+               continued: bool) -> None:
+        """This rung's score: the mean over folds (at the best checkpoint, for boosting).
+
+        ``continued``: the budget is boosting rounds, so a candidate whose fits stopped early
+        (or stalled for ``patience`` rounds) has had all the rounds it can use.
+        """
+        self.done = self.budget >= own
         if self.curves.get(0):
             rounds = sorted(set.intersection(*(set(c) for c in self.curves.values())))
             means = [np.mean([self.curves[f][r] for f in range(folds)]) for r in rounds]
@@ -385,13 +423,13 @@ class _Record:
             k = int(np.argmax([sign * m for m in means]))
             spread = float(np.std([self.curves[f][rounds[k]] for f in range(folds)]))
             self.best = (float(means[k]), spread, rounds[k])
-            stopped = min(max(c) for c in self.curves.values()) < self.budget
-            stalled = patience is not None and rounds[k] + patience <= rounds[-1]
-            self.done = stopped or stalled or self.budget >= own
+            if continued:
+                stopped = min(max(c) for c in self.curves.values()) < self.budget
+                stalled = patience is not None and rounds[k] + patience <= rounds[-1]
+                self.done = self.done or stopped or stalled
         else:
             values = [self.scores[f][primary] for f in range(folds)]
             self.best = (float(np.mean(values)), float(np.std(values)), None)
-            self.done = self.budget >= own
 
     def order(self, primary: str) -> tuple[float, float]:
         score = self.best[0]
@@ -405,6 +443,7 @@ class _Record:
                                "mean_fit_time": self.fit_seconds / folds}
         if budget == "rounds":  # rounds trained (early stopping may end a fit short)
             row["budget"] = max(max(c) for c in self.curves.values())
+        if self.best[2] is not None:  # boosting: the best round count
             row["rounds"] = self.best[2]
         primary = next(iter(scoring))
         for metric in scoring:
@@ -435,12 +474,15 @@ def _prepare_fold(data: tuple[pd.DataFrame, np.ndarray], prep: Any, train: np.nd
 def _rung_fit(fold: tuple[Any, np.ndarray, Any, np.ndarray], model: Any,
               params: Mapping[str, Any], budget: str, amount: int, state: Any,
               scoring: Mapping[str, str], primary: str, step: int,
-              patience: int | None) -> tuple[dict[str, Any], Any]:
+              patience: int | None, boosted: bool = False) -> tuple[dict[str, Any], Any]:
     """One candidate on one fold at one rung: ``({scores, curve, seconds}, state)``.
 
-    ``state`` is what the previous rung left to continue from (None at the first, and for
-    budgets that cannot continue). ``scores`` are every metric at the end of the fit;
-    ``curve`` is ``{rounds: primary score}`` at the checkpoints of a boosting fit.
+    ``amount`` is this rung's budget: rounds, epochs or training rows (the first ``amount``
+    of the fold's, which come in a random order). ``state`` is what the previous rung left
+    to continue from (None at the first, and for budgets that cannot continue). ``scores``
+    are every metric at the end of the fit; ``curve`` is ``{rounds: primary score}`` at the
+    checkpoints of a boosting fit (``boosted``: an XGBoost model, trained by
+    :class:`_Boosting` whatever the budget).
     """
     from sklearn.base import clone, is_classifier
 
@@ -450,18 +492,20 @@ def _rung_fit(fold: tuple[Any, np.ndarray, Any, np.ndarray], model: Any,
     start = time.perf_counter()
     if budget == "rows":  # a bigger training set: nothing to continue, fit afresh
         Xt_train, y_train, state = Xt_train.iloc[:amount], y_train[:amount], None
-    if state is None or budget == "rounds":
+    if state is None or boosted:
         inner = next((f"{n}__" for n in ("estimator", "regressor")
                       if getattr(model, n, None) is inner_estimator(model)), "")
         fitted = clone(model).set_params(**{f"{inner}{k}": v for k, v in params.items()})
     else:
         fitted = state[0]
-    if budget == "rounds":  # state: (booster, best score and rounds)
-        boost = _Boosting(fold, scoring, primary, step, patience, state and state[1])
-        booster = boost.fit(fitted, state and state[0], amount)
+    if boosted:  # state: (booster, best score and rounds)
+        rounds = amount if budget == "rounds" else int(fitted.get_params()["n_estimators"])
+        boost = _Boosting(fold, scoring, primary, step, patience, state and state[1],
+                          rows=amount if budget == "rows" else None)
+        booster = boost.fit(fitted, state and state[0], rounds)
         summary = {"scores": boost.scores, "curve": boost.curve,
                    "seconds": time.perf_counter() - start - boost.scoring_seconds}
-        return summary, (booster, boost.best)
+        return summary, (booster, boost.best) if budget == "rounds" else None
     if budget == "epochs":
         extra = {"classes": np.unique(np.concatenate([y_train, y_test]))} \
             if is_classifier(fitted) else {}
@@ -502,15 +546,18 @@ class _Boosting:
     worker and shared by every candidate there (through scikit-learn's ``fit`` each candidate
     and each continuation would build its own, more than a short rung's training costs). A
     training callback scores the primary metric on the test fold after each checkpoint's
-    rounds (the booster's own predictions, through scikit-learn's scorers and a stand-in
-    estimator) and, with ``patience``, stops the fit once that many rounds have passed without
-    a better score. ``best`` (score, rounds) carries over between rungs with the booster.
+    rounds and, with ``patience``, stops the fit once that many rounds have passed without a
+    better score. At a checkpoint the score is XGBoost's own metric where it has the primary
+    one (:data:`_NATIVE`: computed in C++ on predictions it updates tree by tree, where a
+    scikit-learn scorer costs more than a short rung's training); the end of the fit is scored
+    on every metric with scikit-learn's scorers (the booster's predictions through a stand-in
+    estimator). ``best`` (score, rounds) carries over between rungs with the booster.
     """
 
     def __init__(self, fold: tuple[Any, np.ndarray, Any, np.ndarray],
                  scoring: Mapping[str, str], primary: str, step: int, patience: int | None,
-                 best: tuple[float, int] | None) -> None:
-        self.fold, self.scoring, self.primary = fold, scoring, primary
+                 best: tuple[float, int] | None, rows: int | None = None) -> None:
+        self.fold, self.scoring, self.primary, self.rows = fold, scoring, primary, rows
         self.step, self.patience, self.best = step, patience, best
         self.curve: dict[int, float] = {}
         self.scores: dict[str, float] = {}
@@ -529,11 +576,14 @@ class _Boosting:
             self.classes = np.unique(y_train)
             if len(self.classes) > 2:
                 params.update(objective="multi:softprob", num_class=len(self.classes))
-        self.train_matrix, self.test_matrix = _fold_matrices(self.fold,
-                                                             params.get("max_bin", 256))
+        self.train_matrix, self.test_matrix = _fold_matrices(
+            self.fold, params.get("max_bin", 256), self.rows)
+        native = _NATIVE.get((self.primary, params.get("objective")))
+        if native:
+            params["eval_metric"] = native[0]
         done = booster.num_boosted_rounds() if booster is not None else 0
-        marks = set(_checkpoints(done, amount, self.step,
-                                 most=None if self.patience else 6))
+        marks = set(_checkpoints(done, amount, self.step,  # every step where it is cheap
+                                 most=None if self.patience or native else 6))
         outer = self
 
         class Checkpoints(xgb.callback.TrainingCallback):
@@ -541,7 +591,10 @@ class _Boosting:
                 rounds = epoch + 1
                 if rounds not in marks or rounds == amount:
                     return False
-                outer.score(model, rounds, {outer.primary: outer.scoring[outer.primary]})
+                if native:
+                    outer.native(model, rounds, native[1])
+                else:
+                    outer.score(model, rounds, {outer.primary: outer.scoring[outer.primary]})
                 return bool(outer.patience) and rounds - outer.best[1] >= outer.patience
 
         booster = xgb.train(params, self.train_matrix, num_boost_round=amount - done,
@@ -550,35 +603,64 @@ class _Boosting:
         return booster
 
     def score(self, booster: Any, rounds: int, scoring: Mapping[str, str]) -> dict[str, float]:
+        """``scoring``'s metrics of the first ``rounds`` rounds, with scikit-learn."""
         from pipeline.estimators import fixed_predictions
 
         start = time.perf_counter()
         out = booster.predict(self.test_matrix, iteration_range=(0, rounds))
         scores = _score_all(fixed_predictions(out, self.classes), None, self.fold[3], scoring)
-        value = scores[self.primary]
+        self._point(rounds, scores[self.primary], start)
+        return scores
+
+    def native(self, booster: Any, rounds: int, convert: Any) -> None:
+        """The primary metric of ``booster`` as it is (``rounds`` rounds), by XGBoost."""
+        start = time.perf_counter()
+        text = booster.eval_set([(self.test_matrix, "test")], rounds - 1)
+        self._point(rounds, convert(float(text.rsplit(":", 1)[1]), self.fold[3]), start)
+
+    def _point(self, rounds: int, value: float, start: float) -> None:
         self.curve[rounds] = value
         better = value if GREATER_IS_BETTER[self.primary] else -value
         if self.best is None or better > self.best[0]:
             self.best = (better, rounds)
         self.scoring_seconds += time.perf_counter() - start
-        return scores
+
+
+def _same(value: float, y: np.ndarray) -> float:
+    return value
+
+
+#: (our metric, XGBoost objective) -> (XGBoost's eval metric, its value to ours given the
+#: test fold's labels); where XGBoost computes the same number scikit-learn does
+_NATIVE = {
+    ("roc_auc", "binary:logistic"): ("auc", _same),
+    ("log_loss", "binary:logistic"): ("logloss", _same),
+    ("accuracy", "binary:logistic"): ("error", lambda v, y: 1.0 - v),
+    ("log_loss", "multi:softprob"): ("mlogloss", _same),
+    ("accuracy", "multi:softprob"): ("merror", lambda v, y: 1.0 - v),
+    ("rmse", "reg:squarederror"): ("rmse", _same),
+    ("mae", "reg:squarederror"): ("mae", _same),
+    ("r2", "reg:squarederror"): ("rmse", lambda v, y: 1.0 - v * v / float(np.var(y))),
+}
 
 
 #: this worker's QuantileDMatrix / DMatrix of each fold it holds, dropped with the fold
-_MATRICES: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+_MATRICES: dict[tuple[int, int, int | None], tuple[Any, Any, Any]] = {}
 
 
-def _fold_matrices(fold: tuple[Any, np.ndarray, Any, np.ndarray], max_bin: int) -> tuple:
+def _fold_matrices(fold: tuple[Any, np.ndarray, Any, np.ndarray], max_bin: int,
+                   rows: int | None = None) -> tuple:
+    """The fold's (training QuantileDMatrix of its first ``rows`` rows, or all; test DMatrix)."""
     import weakref
 
     import xgboost as xgb
 
     Xt_train, y_train, Xt_test, y_test = fold
-    key = (id(Xt_train), int(max_bin))
+    key = (id(Xt_train), int(max_bin), rows)
     cached = _MATRICES.get(key)
     if cached is None or cached[0]() is not Xt_train:
-        train = xgb.QuantileDMatrix(Xt_train, y_train, enable_categorical=True,
-                                    max_bin=int(max_bin), nthread=1)
+        train = xgb.QuantileDMatrix(Xt_train.iloc[:rows], y_train[:rows],
+                                    enable_categorical=True, max_bin=int(max_bin), nthread=1)
         test = xgb.DMatrix(Xt_test, y_test, enable_categorical=True, nthread=1)
         ref = weakref.ref(Xt_train, lambda _: _MATRICES.pop(key, None))
         cached = _MATRICES[key] = (ref, train, test)

@@ -142,6 +142,31 @@ def test_boosting_is_scored_at_its_best_round_count(client) -> None:
     assert found.best_params["n_estimators"] == 120  # the refit early-stops on its own
 
 
+@pytest.mark.parametrize(("primary", "task"), [
+    ("roc_auc", "binary"), ("log_loss", "binary"), ("accuracy", "binary"),
+    ("log_loss", "multiclass"), ("accuracy", "multiclass"),
+    ("rmse", "regression"), ("mae", "regression"), ("r2", "regression")])
+def test_xgboost_own_metric_is_scikit_learns(primary: str, task: str) -> None:
+    """Checkpoints use XGBoost's eval metric: the same number as scikit-learn's scorer."""
+    from pipeline.select import _NATIVE, _Boosting, scorers
+
+    X, y = data("regression" if task == "regression" else "binary", n=1200)
+    if task == "multiclass":
+        y = np.digitize(X["a"] + X["b"], [0.5, 1.5])
+    X = X.assign(k=X["k"].astype("category"))
+    fold = (X.iloc[:800], y[:800], X.iloc[800:], y[800:])
+    model = make_estimator("xgboost", task, {"n_estimators": 30, "max_depth": 3}, seed=0)
+    boost = _Boosting(fold, scorers(task, primary), primary, 10, None, None)
+    booster = boost.fit(model, None, 30)
+    objective = "multi:softprob" if task == "multiclass" else model.get_xgb_params()["objective"]
+    assert (primary, objective) in _NATIVE
+    native = dict(boost.curve)  # 10 and 20 rounds by XGBoost, 30 (the end) by scikit-learn
+    assert sorted(native) == [10, 20, 30] and native[10] != native[20]
+    for rounds in (10, 20):
+        expected = boost.score(booster, rounds, {primary: scorers(task, primary)[primary]})
+        assert native[rounds] == pytest.approx(expected[primary], rel=1e-6, abs=1e-9)
+
+
 def test_halving_stops_a_candidate_that_no_longer_improves(client) -> None:
     X, y = data(n=1500)
     params = {"max_depth": 8, "learning_rate": 1.0, "n_estimators": 200}
@@ -180,6 +205,51 @@ def test_halving_by_epochs_and_by_rows(client) -> None:
                         seed=0, client=client)
     assert knn.cv_results["budget"].max() == int(len(X) * 1 / 2)  # all rows of a fold
     assert knn.best_params["n_neighbors"] in (3, 15, 45)
+
+
+def test_halving_boosting_by_rows(client) -> None:
+    """``budget: rows``: every rung trains afresh, all rounds, on more of each fold's rows."""
+    X, y = data(n=2700)
+    grid = {"max_depth": [2, 4, 6], "min_child_weight": [1, 20, 60], "n_estimators": [60],
+            "learning_rate": 0.3}
+    rows = search_family("xgboost", pipeline_for("xgboost"), X, y, params=grid, task="binary",
+                         primary="roc_auc", method="halving", cv=3, n_iter=9, factor=3,
+                         seed=0, client=client, patience=10, budget="rows")
+    full = search_family("xgboost", pipeline_for("xgboost"), X, y, params=grid, task="binary",
+                         primary="roc_auc", method="grid", cv=3, n_iter=9, factor=3, seed=0,
+                         client=client)
+    table = rows.cv_results
+    assert sorted(table["budget"].unique()) == [600, 1800]  # a third of a fold's rows, all
+    assert list(table.groupby("rung").size()) == [6, 3]  # the last rung each one reached
+    assert table["rounds"].between(1, 60).all()  # scored at their best round count
+    assert rows.cv_mean == pytest.approx(full.cv_mean, abs=0.01)
+
+
+def test_a_rows_budget_is_a_stratified_random_prefix() -> None:
+    from pipeline.select import _shuffled
+
+    y = np.array([0] * 900 + [1] * 100)  # sorted, as a time-ordered sample might be
+    train = np.arange(1000) * 2
+    order = _shuffled(train, y, "binary", np.random.default_rng(0))
+    assert sorted(order) == list(train)  # a permutation
+    positions = order // 2
+    for prefix in (20, 100, 333):
+        assert abs(y[positions[:prefix]].mean() - 0.1) <= 1 / prefix + 1e-9
+    assert 300 < np.median(positions[:100]) < 700  # drawn from all over, not the start
+    again = _shuffled(train, y, "regression", np.random.default_rng(0))
+    assert sorted(again) == list(train) and list(again) != list(train)
+
+
+def test_a_budget_the_family_does_not_have_fails_at_validation() -> None:
+    spec = {"name": "t", "output": "/tmp/unused",
+            "data": {"train": "/tmp/unused", "target": "y", "task": "binary"},
+            "search": {"method": "halving", "budget": "rounds"},
+            "models": {"xgboost": {"max_depth": [3, 6]}, "random_forest": {}}}
+    with pytest.raises(JobError, match="search.budget rounds: models.random_forest has no "
+                                       "rounds to give more of"):
+        load_job(spec)
+    assert load_job({**spec, "search": {"method": "halving", "budget": "rows"}}).search.budget \
+        == "rows"
 
 
 def test_best_row_ties_break_by_fit_time() -> None:
