@@ -462,8 +462,9 @@ class JobSpec(_Spec):
             if cannot:
                 raise ValueError(
                     f"search.budget {budget}: models.{cannot[0]} has no {budget} to give more "
-                    f"of (only {', '.join(f for f in FAMILIES if FAMILIES[f]['budget'] == budget)}"
-                    " do); use auto (each family its own) or rows")
+                    f"of (the families that have: "
+                    f"{', '.join(f for f in FAMILIES if FAMILIES[f]['budget'] == budget)}); "
+                    "use auto (each family its own) or rows")
         if self.search.method == "halving" and self.search.strategy == "full":
             raise ValueError("search.method halving runs on the in-memory sample; use "
                              "strategy: sample with it")
