@@ -343,13 +343,13 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
                                      pure=False)
                 pending[(i, f)] = client.submit(operator.itemgetter(0), both, pure=False)
                 states[(i, f)] = client.submit(operator.itemgetter(1), both, pure=False)
+        continued = budget == "rounds"
         for (i, f), summary in zip(pending, client.gather(list(pending.values()))):
-            records[i].add(f, summary)
+            records[i].add(f, summary, continued)
         for i in alive:
             records[i].rung = rung
             if i in todo:
-                records[i].settle(primary, len(splits), own[i], patience,
-                                  continued=budget == "rounds")
+                records[i].settle(primary, len(splits), own[i], patience, continued)
         keep = max(1, math.ceil(len(alive) / factor)) if rung < rungs - 1 else len(alive)
         ranked = sorted(alive, key=lambda i: records[i].order(primary))
         for i in ranked[keep:]:  # out: free their models on the workers
@@ -403,9 +403,15 @@ class _Record:
         self.done = False
         self.best: tuple[float, float, int | None] = (math.nan, math.nan, None)
 
-    def add(self, fold: int, summary: Mapping[str, Any]) -> None:
+    def add(self, fold: int, summary: Mapping[str, Any], continued: bool) -> None:
+        """A fold's fit at this rung. ``continued``: it went on from the last rung's model,
+        so its boosting curve extends that one's (else it is a new fit, with a curve of its
+        own: on a rows budget, the last rung's curve came from fewer rows)."""
         self.scores[fold] = summary["scores"]
-        self.curves.setdefault(fold, {}).update(summary["curve"])
+        if continued:
+            self.curves.setdefault(fold, {}).update(summary["curve"])
+        else:
+            self.curves[fold] = dict(summary["curve"])
         self.fit_seconds += summary["seconds"]
 
     def settle(self, primary: str, folds: int, own: int, patience: int | None,

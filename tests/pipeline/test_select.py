@@ -229,6 +229,26 @@ def test_halving_boosting_by_rows(client, task: str, primary: str, close: float)
     assert rows.cv_mean == pytest.approx(full.cv_mean, abs=close)
 
 
+def test_a_fresh_fit_replaces_the_last_rungs_curve() -> None:
+    """On a rows budget each rung fits afresh: its curve, not a mix with the smaller fit's."""
+    from pipeline.select import _Record
+
+    record = _Record("xgboost", {})
+    small = {"scores": {"roc_auc": 0.9}, "seconds": 1.0, "curve": {10: 0.8, 20: 0.9, 30: 0.95}}
+    record.add(0, small, continued=False)
+    record.budget = 100
+    record.add(0, {"scores": {"roc_auc": 0.85}, "seconds": 1.0, "curve": {10: 0.84, 20: 0.85}},
+               continued=False)
+    record.settle("roc_auc", 1, 300, patience=None, continued=False)
+    assert record.best == (0.85, 0.0, 20)  # not 0.95 at 30 rounds from the smaller fit
+    assert record.curves[0] == {10: 0.84, 20: 0.85}
+    boosted = _Record("xgboost", {})
+    boosted.add(0, small, continued=True)
+    boosted.add(0, {"scores": {"roc_auc": 0.95}, "seconds": 1.0, "curve": {40: 0.95}},
+                continued=True)  # rounds 31-40 of the same booster
+    assert boosted.curves[0] == {10: 0.8, 20: 0.9, 30: 0.95, 40: 0.95}
+
+
 def test_a_rows_budget_is_a_stratified_random_prefix() -> None:
     from pipeline.select import _shuffled
 
