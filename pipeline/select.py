@@ -318,9 +318,8 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
         2, int(math.floor(math.log(n, factor) + 1e-9)))
     full = max(own)
     min_budget = max(1, int(full / factor ** (rungs - 1)))
-    rounds = [_own_budget("rounds", model, c, family, splits) for c in settings] \
-        if boosted else [1]
-    step = max(1, max(rounds) // 27)  # checkpoint resolution of a boosting curve
+    step = max(1, max(_own_budget("rounds", model, c, family, splits) for c in settings)
+               // 27) if boosted else 1  # checkpoint resolution of a boosting curve
     scoring = scorers(task, primary)
 
     [data] = client.scatter([(X, y)], broadcast=True, hash=False)
@@ -496,15 +495,13 @@ def _rung_fit(fold: tuple[Any, np.ndarray, Any, np.ndarray], model: Any,
 
     Xt_train, y_train, Xt_test, y_test = fold
     start = time.perf_counter()
-    if budget == "rows":  # a bigger training set: nothing to continue, fit afresh
-        Xt_train, y_train, state = Xt_train.iloc[:amount], y_train[:amount], None
     if state is None or boosted:
         inner = next((f"{n}__" for n in ("estimator", "regressor")
                       if getattr(model, n, None) is inner_estimator(model)), "")
         fitted = clone(model).set_params(**{f"{inner}{k}": v for k, v in params.items()})
     else:
         fitted = state[0]
-    if boosted:  # state: (booster, best score and rounds)
+    if boosted:  # state: (booster, best score and rounds); None on a rows budget
         rounds = amount if budget == "rounds" else int(fitted.get_params()["n_estimators"])
         boost = _Boosting(fold, scoring, primary, step, patience, state and state[1],
                           rows=amount if budget == "rows" else None)
@@ -512,6 +509,8 @@ def _rung_fit(fold: tuple[Any, np.ndarray, Any, np.ndarray], model: Any,
         summary = {"scores": boost.scores, "curve": boost.curve,
                    "seconds": time.perf_counter() - start - boost.scoring_seconds}
         return summary, (booster, boost.best) if budget == "rounds" else None
+    if budget == "rows":  # a bigger training set: nothing to continue, fit afresh
+        Xt_train, y_train = Xt_train.iloc[:amount], y_train[:amount]
     if budget == "epochs":
         extra = {"classes": np.unique(np.concatenate([y_train, y_test]))} \
             if is_classifier(fitted) else {}
@@ -651,23 +650,31 @@ _NATIVE = {
 
 
 #: this worker's QuantileDMatrix / DMatrix of each fold it holds, dropped with the fold
-_MATRICES: dict[tuple[int, int, int | None], tuple[Any, Any, Any]] = {}
+_MATRICES: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
 
 def _fold_matrices(fold: tuple[Any, np.ndarray, Any, np.ndarray], max_bin: int,
                    rows: int | None = None) -> tuple:
-    """The fold's (training QuantileDMatrix of its first ``rows`` rows, or all; test DMatrix)."""
-    import weakref
-
+    """The fold's (training QuantileDMatrix of its first ``rows`` rows, or all; test DMatrix),
+    the test one shared by every ``max_bin`` and ``rows``."""
     import xgboost as xgb
 
     Xt_train, y_train, Xt_test, y_test = fold
-    key = (id(Xt_train), int(max_bin), rows)
-    cached = _MATRICES.get(key)
-    if cached is None or cached[0]() is not Xt_train:
-        train = xgb.QuantileDMatrix(Xt_train.iloc[:rows], y_train[:rows],
-                                    enable_categorical=True, max_bin=int(max_bin), nthread=1)
-        test = xgb.DMatrix(Xt_test, y_test, enable_categorical=True, nthread=1)
-        ref = weakref.ref(Xt_train, lambda _: _MATRICES.pop(key, None))
-        cached = _MATRICES[key] = (ref, train, test)
-    return cached[1], cached[2]
+    train = _cached(Xt_train, ("train", int(max_bin), rows), lambda: xgb.QuantileDMatrix(
+        Xt_train.iloc[:rows], y_train[:rows], enable_categorical=True, max_bin=int(max_bin),
+        nthread=1))
+    test = _cached(Xt_train, ("test",), lambda: xgb.DMatrix(
+        Xt_test, y_test, enable_categorical=True, nthread=1))
+    return train, test
+
+
+def _cached(owner: Any, what: tuple, build: Any) -> Any:
+    """``build()``, kept in :data:`_MATRICES` while ``owner`` (the fold's data) lives."""
+    import weakref
+
+    key = (id(owner), *what)
+    hit = _MATRICES.get(key)
+    if hit is None or hit[0]() is not owner:
+        hit = _MATRICES[key] = (weakref.ref(owner, lambda _: _MATRICES.pop(key, None)),
+                                build())
+    return hit[1]
