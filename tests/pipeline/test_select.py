@@ -165,6 +165,8 @@ def test_xgboost_own_metric_is_scikit_learns(primary: str, task: str) -> None:
     for rounds in (10, 20):
         expected = boost.score(booster, rounds, {primary: scorers(task, primary)[primary]})
         assert native[rounds] == pytest.approx(expected[primary], rel=1e-6, abs=1e-9)
+        boost.native(booster[:rounds], rounds, _NATIVE[(primary, objective)][1])  # by XGBoost
+        assert boost.curve[rounds] == pytest.approx(expected[primary], rel=1e-6, abs=1e-9)
 
 
 def test_halving_stops_a_candidate_that_no_longer_improves(client) -> None:
