@@ -54,7 +54,7 @@ def _pipeline(job, columns, family: str, **fixed):
     from sklearn.pipeline import Pipeline
 
     from pipeline.models import make_estimator
-    from pipeline.preprocess import prefix_steps, tail_steps
+    from pipeline.steps import prefix_steps, tail_steps
 
     return Pipeline(prefix_steps(job, columns, 2) + tail_steps(job, family)
                     + [("model", make_estimator(family, "binary", fixed, seed=0))])

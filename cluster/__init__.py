@@ -374,5 +374,27 @@ def describe(client: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["connect", "resolve", "describe", "check_package_versions", "validate_spec",
+def refuse_memory_urls(client: Any, urls: Mapping[str, str]) -> None:
+    """Refuse ``memory://`` URLs when the workers are other processes than this one.
+
+    With process workers each one reads and writes its own private memory, so nothing a task
+    writes reaches the client. ``urls`` maps the job key (``output``, ``data.train``) to its URL.
+
+    Examples
+    --------
+    >>> refuse_memory_urls(client, {"output": "memory://out"})   # doctest: +SKIP
+    """
+    memory = {k: v for k, v in urls.items() if v.startswith("memory://")}
+    if not memory:
+        return
+    pids = set(client.run(os.getpid).values())
+    if pids != {os.getpid()}:
+        key, url = next(iter(memory.items()))
+        raise ValueError(
+            f"{key} is {url}, but this cluster's workers are separate processes: each would "
+            "read and write its own private memory, and nothing would reach you. Use a file:// "
+            "or s3:// URL, or a threaded cluster (cluster.processes: false)")
+
+
+__all__ = ["connect", "resolve", "describe", "refuse_memory_urls", "check_package_versions", "validate_spec",
            "build_spec", "explain", "Choice", "ClusterError", "InsecureClusterWarning", "EXTRAS"]

@@ -1,4 +1,13 @@
-"""Model bundles and the registry on any fsspec URL.
+"""The files of a model bundle on any fsspec URL: write them, verify them, publish the
+pointer to them, load them.
+
+A bundle is one run's directory; this module writes its files (manifest last), flips the
+model's pointer to it by compare-and-swap (:func:`publish`, :func:`set_current`), opens and
+verifies it (:func:`open_bundle`: every file against the manifest's sha256 and size) and loads
+the model from it (:func:`load_model`). The storage primitives every writer of ours shares live
+here too (:func:`atomic_write`, :func:`filesystem`, :func:`is_local`, :func:`is_s3`). What the
+versions of a model are, and changing which one is current (promote, rollback, cleanup), is
+:mod:`pipeline.registry`.
 
 Layout (ARCHITECTURE.md)::
 
@@ -83,12 +92,20 @@ def join(*parts: str) -> str:
     return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts) if p)
 
 
-def _is_local(fs: Any) -> bool:
+def is_local(fs: Any) -> bool:
+    """Is ``fs`` the local file system (where directories exist and renames are atomic)?
+
+    Examples
+    --------
+    >>> is_local(filesystem("/tmp/out")[0]), is_s3(filesystem("/tmp/out")[0])
+    (True, False)
+    """
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
 
 
-def _is_s3(fs: Any) -> bool:
+def is_s3(fs: Any) -> bool:
+    """Is ``fs`` S3 (s3fs), whose conditional writes and multipart uploads we rely on?"""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("s3", "s3a")
 
@@ -100,7 +117,7 @@ def atomic_write(fs: Any, path: str, data: bytes, *, create_once: bool = False) 
     for ``create_once``, which fails if the target exists). Object stores: one PUT (S3 shows an
     object only once it is complete), with ``If-None-Match: *`` for ``create_once``.
     """
-    if _is_local(fs):
+    if is_local(fs):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
@@ -118,7 +135,7 @@ def atomic_write(fs: Any, path: str, data: bytes, *, create_once: bool = False) 
                 os.unlink(tmp)
         return
     if create_once:
-        if _is_s3(fs):
+        if is_s3(fs):
             try:
                 fs.pipe_file(path, data, mode="create")
             except OSError as exc:
@@ -156,7 +173,7 @@ def write_run(root: str, run_id: str, files: Mapping[str, bytes], *, meta: Mappi
     if fs.exists(join(base, MANIFEST)):
         raise FileExistsError(f"{join(root, 'runs', run_id)} is a completed run (it has a "
                               "manifest); versions are immutable, write a new run")
-    if _is_local(fs):
+    if is_local(fs):
         fs.makedirs(base, exist_ok=True)
     listed = {}
     for name, data in files.items():
@@ -187,7 +204,7 @@ class Pointer:
 
 def read_pointer(fs: Any, path: str) -> Pointer:
     try:
-        if _is_s3(fs):
+        if is_s3(fs):
             bucket, key, _ = fs.split_path(path)
             out = fs.call_s3("get_object", Bucket=bucket, Key=key)
             body = _read_body(fs, out["Body"])
@@ -233,7 +250,7 @@ def swap_pointer(fs: Any, path: str, expected: Pointer, doc: Mapping[str, Any]) 
     then write (not atomic; documented). Raises :class:`ConflictError` when another writer won.
     """
     payload = json.dumps(doc, indent=2, sort_keys=True).encode()
-    if _is_s3(fs):
+    if is_s3(fs):
         bucket, key, _ = fs.split_path(path)
         condition = {"IfMatch": expected.token} if expected.token else {"IfNoneMatch": "*"}
         try:
@@ -244,7 +261,7 @@ def swap_pointer(fs: Any, path: str, expected: Pointer, doc: Mapping[str, Any]) 
             raise
         fs.invalidate_cache(path)
         return
-    if _is_local(fs):
+    if is_local(fs):
         with _local_lock(path):
             current = fs.cat_file(path) if os.path.exists(path) else None
             if current != expected.token:
@@ -265,7 +282,7 @@ def publish(root: str, name: str, manifest: Mapping[str, Any], *,
     run_id = manifest["run_id"]
     record = {"name": name, "run_id": run_id, "manifest_sha256": manifest["_sha256"],
               "created_at": manifest["created_at"], **dict(summary or {})}
-    if _is_local(fs):
+    if is_local(fs):
         fs.makedirs(join(models, "versions"), exist_ok=True)
     with contextlib.suppress(FileExistsError):
         atomic_write(fs, join(models, "versions", f"{run_id}.json"),
@@ -465,6 +482,28 @@ def _check_types(data: bytes, what: str) -> None:
 
 
 # --------------------------------------------------------------------------- models
+
+
+def json_bytes(doc: Any) -> bytes:
+    """A bundle's JSON document: indented, numpy values as plain ones, NaN refused."""
+    return json.dumps(doc, indent=2, default=_plain, allow_nan=False).encode()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def parquet_bytes(frame: Any) -> bytes:
+    """A pandas frame as Parquet bytes (without its index)."""
+    import io
+
+    buffer = io.BytesIO()
+    frame.reset_index(drop=True).to_parquet(buffer, index=False)
+    return buffer.getvalue()
 
 
 def model_bytes(model: Any) -> tuple[str, bytes]:

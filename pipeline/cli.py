@@ -219,7 +219,8 @@ def _add_commands() -> None:
 
 
 #: modules with a ``COMMANDS`` list of click commands.
-COMMAND_MODULES: list[str] = ["pipeline.cli_report", "pipeline.cli_score", "pipeline.cli_jobs"]
+COMMAND_MODULES: list[str] = ["pipeline.cli_report", "pipeline.cli_score", "pipeline.cli_models",
+                              "pipeline.cli_jobs"]
 _add_commands()
 
 

@@ -11,7 +11,6 @@ and yaml only; no dask, no xgboost).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -31,6 +30,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from pipeline.errors import did_you_mean
 
 Task = Literal["binary", "multiclass", "regression"]
 
@@ -101,7 +102,7 @@ class DataSpec(_Spec):
     def _known_dtypes(cls, schema: dict[str, str] | None) -> dict[str, str] | None:
         for column, dtype in (schema or {}).items():
             if dtype not in DTYPES:
-                hint = _did_you_mean(dtype, DTYPES)
+                hint = did_you_mean(dtype, DTYPES)
                 raise ValueError(f"column {column!r} has unknown dtype {dtype!r}{hint}; "
                                  f"use one of: {', '.join(DTYPES)}")
         return schema
@@ -423,7 +424,7 @@ class JobSpec(_Spec):
         for family in models:
             if family not in FAMILIES:
                 raise ValueError(f"unknown model family {family!r}"
-                                 f"{_did_you_mean(family, FAMILIES)}; "
+                                 f"{did_you_mean(family, FAMILIES)}; "
                                  f"known: {', '.join(FAMILIES)}")
         return models
 
@@ -444,7 +445,7 @@ class JobSpec(_Spec):
 
             if scoring not in METRICS[task]:
                 raise ValueError(f"search.scoring {scoring!r} is not a {task} metric"
-                                 f"{_did_you_mean(scoring, METRICS[task])}; "
+                                 f"{did_you_mean(scoring, METRICS[task])}; "
                                  f"use one of: {', '.join(METRICS[task])}")
         if task != "binary" and (self.evaluate.min_precision or self.evaluate.min_recall):
             raise ValueError("evaluate.min_precision / min_recall apply to binary tasks only")
@@ -480,6 +481,12 @@ class JobSpec(_Spec):
         from pipeline.models import DEFAULT_METRIC
 
         return self.search.scoring or DEFAULT_METRIC[self.data.task]
+
+    @property
+    def window_columns(self) -> list[str]:
+        """Key and time columns of window features: inputs even when ids or dropped."""
+        return [c for f in self.features if f.kernel in ("rolling", "lag")
+                for c in (f.key, f.time)]
 
     def fingerprint(self) -> str:
         """Short stable hash of the resolved job (part of the run id)."""
@@ -626,7 +633,7 @@ def _explain(exc: ValidationError, source: str, lines: dict[tuple, int]) -> str:
         kind = err["type"]
         if kind == "extra_forbidden":
             allowed = _allowed_keys(tagged[:-1])
-            hint = _did_you_mean(str(loc[-1]), allowed)
+            hint = did_you_mean(str(loc[-1]), allowed)
             msg = f"unknown key{hint}"
             if allowed and not hint:
                 msg += f"; allowed here: {', '.join(allowed)}"
@@ -634,7 +641,7 @@ def _explain(exc: ValidationError, source: str, lines: dict[tuple, int]) -> str:
             msg = "required key is missing"
         elif kind == "union_tag_invalid":
             msg = (f"unknown kernel {err['input'].get('kernel')!r}"
-                   f"{_did_you_mean(str(err['input'].get('kernel')), _kernel_names())}; "
+                   f"{did_you_mean(str(err['input'].get('kernel')), _kernel_names())}; "
                    f"known: {', '.join(_kernel_names())}")
         elif kind == "union_tag_not_found":
             msg = f"each feature needs a 'kernel' key (one of: {', '.join(_kernel_names())})"
@@ -709,11 +716,6 @@ def _step(tp: Any, part: Any) -> Any:
 
 def _is_model(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, BaseModel)
-
-
-def _did_you_mean(word: str, choices: Sequence[str] | Mapping[str, Any]) -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {match[0]!r}?" if match else ""
 
 
 def _secret_keys(options: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils import Tags, get_tags
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_array, check_is_fitted
 
 
 class ScaledTargetRegressor(RegressorMixin, BaseEstimator):
@@ -52,38 +54,73 @@ class ScaledTargetRegressor(RegressorMixin, BaseEstimator):
             self.scale_ = 1.0
 
     def fit(self, X: Any, y: Any) -> ScaledTargetRegressor:
-        y = np.asarray(y, dtype=np.float64)
+        y = _target(self, y)
         self._learn_scale(y)
         self.regressor_ = clone(self.regressor).fit(X, (y - self.mean_) / self.scale_)
+        self._inputs_seen()
         return self
 
+    @available_if(lambda self: hasattr(self.regressor, "partial_fit"))
     def partial_fit(self, X: Any, y: Any) -> ScaledTargetRegressor:
-        y = np.asarray(y, dtype=np.float64)
+        y = _target(self, y)
         if not hasattr(self, "regressor_"):
             self._learn_scale(y)
             self.regressor_ = clone(self.regressor)
         self.regressor_.partial_fit(X, (y - self.mean_) / self.scale_)
+        self._inputs_seen()
         return self
+
+    def _inputs_seen(self) -> None:
+        """``n_features_in_`` / ``feature_names_in_`` as the regressor (which checks X) saw them."""
+        for name in ("n_features_in_", "feature_names_in_"):
+            if hasattr(self.regressor_, name):
+                setattr(self, name, getattr(self.regressor_, name))
 
     def predict(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "regressor_")
         return np.asarray(self.regressor_.predict(X), dtype=np.float64) * self.scale_ + self.mean_
 
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        if self.regressor is not None:  # X goes to the regressor as it is
+            inner = get_tags(self.regressor)
+            tags.input_tags.sparse = inner.input_tags.sparse
+            tags.input_tags.allow_nan = inner.input_tags.allow_nan
+        return tags
+
+
+def _target(estimator: BaseEstimator, y: Any) -> np.ndarray:
+    """``y`` as finite float64 numbers (the regressor would only see them scaled)."""
+    if y is None:
+        raise ValueError(f"{type(estimator).__name__} requires y to be passed, but the target "
+                         "y is None")
+    return check_array(y, dtype=np.float64, ensure_2d=False, ensure_min_samples=0,
+                       input_name="y")
+
 
 class FixedPredictions(BaseEstimator):
     """A stand-in model whose ``predict`` returns ``values``, whatever ``X`` is.
 
-    Use :func:`fixed_predictions`: it gives a classifier or a regressor.
+    Use :func:`fixed_predictions`: it gives a fitted classifier or regressor. ``fit`` learns
+    nothing from ``X`` or ``y``: it only takes ``values`` as the model.
     """
 
     def __init__(self, values: np.ndarray | None = None) -> None:
         self.values = values
 
     def fit(self, X: Any = None, y: Any = None) -> FixedPredictions:
-        return self  # already "fitted": scorers only ask that there is a fit
+        self.values_ = np.asarray(self.values)
+        return self
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.values
+        check_is_fitted(self, "values_")
+        return self.values_
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.no_validation = True  # X and y are never read, so any X will do
+        tags.input_tags.sparse = True
+        return tags
 
 
 class FixedRegressorPredictions(RegressorMixin, FixedPredictions):
@@ -96,15 +133,18 @@ class FixedClassifierPredictions(ClassifierMixin, FixedPredictions):
     def __init__(self, values: np.ndarray | None = None, classes: Any = None) -> None:
         self.values, self.classes = values, classes
 
-    @property
-    def classes_(self) -> np.ndarray:
-        return np.asarray(self.classes)
+    def fit(self, X: Any = None, y: Any = None) -> FixedClassifierPredictions:
+        super().fit(X, y)
+        self.classes_ = np.asarray(self.classes)
+        return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        return self.values
+        check_is_fitted(self, "values_")
+        return self.values_
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[np.argmax(self.values, axis=1)]
+        proba = self.predict_proba(X)  # first: NotFittedError before fit
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 def fixed_predictions(out: np.ndarray, classes: Any = None) -> FixedPredictions:
@@ -114,6 +154,6 @@ def fixed_predictions(out: np.ndarray, classes: Any = None) -> FixedPredictions:
     without: a regressor.
     """
     if classes is None:
-        return FixedRegressorPredictions(out)
+        return FixedRegressorPredictions(out).fit()
     proba = np.column_stack([1.0 - out, out]) if out.ndim == 1 else out
-    return FixedClassifierPredictions(proba, classes)
+    return FixedClassifierPredictions(proba, classes).fit()

@@ -53,7 +53,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,13 @@ import pandas as pd
 from pipeline.models import DEFAULT_METRIC as PRIMARY
 from pipeline.models import GREATER_IS_BETTER
 
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from pipeline.config import JobSpec
+    from pipeline.predictor import Predictor
+    from pipeline.split import Parts
+
 __all__ = [
     "GREATER_IS_BETTER",
     "HEADLINE",
@@ -71,9 +78,14 @@ __all__ = [
     "RESIDUAL_RELATIVE_ACCURACY",
     "SCORE_EDGES",
     "evaluate_predictions",
+    "evaluate_predictor",
     "evaluation_graph",
+    "fmt_metric",
     "headline",
+    "leaderboard",
+    "operating_point",
     "overfit_check",
+    "overfit_rows",
 ]
 
 TASKS = ("binary", "multiclass", "regression")
@@ -1229,3 +1241,116 @@ def overfit_check(
         rows[name] = row
     flagged = [name for name, row in rows.items() if row["flag"]]
     return {"bound": float(bound), "metrics": rows, "flagged": flagged, "overfit": bool(flagged)}
+
+
+# --------------------------------------------------------------------------- a job's models
+
+#: training rows scored for the overfit check (train vs holdout), at most.
+TRAIN_EVAL_ROWS = 100_000
+
+
+def overfit_rows(train: Any, n_train: int, n_holdout: int, seed: int) -> Any:
+    """The training rows scored for the overfit check: as many as the holdout has, at most
+    :data:`TRAIN_EVAL_ROWS` (a random share of ``train``, a dask frame)."""
+    rows = min(n_holdout, TRAIN_EVAL_ROWS)
+    if n_train <= rows:
+        return train
+    return train.sample(frac=rows / n_train, random_state=seed)
+
+
+def evaluate_predictor(predictor: Predictor, frames: Mapping[str, tuple[Any, bool]],
+                       job: JobSpec, client: Client) -> dict[str, dict[str, Any]]:
+    """Metrics of ``predictor`` on several dask frames, in ONE ``dask.compute``.
+
+    ``frames`` maps a name to ``(frame, slices)``: the raw rows (with the target) and whether
+    the job's ``evaluate.slices`` are broken out for it. Rows are labelled at the predictor's
+    threshold. The predictor is sent to every worker once.
+
+    Examples
+    --------
+    >>> out = evaluate_predictor(predictor, {"holdout": (holdout, True),
+    ...                                      "train": (train_rows, False)}, job, client)
+    ...                                                                   # doctest: +SKIP
+    >>> out["holdout"]["roc_auc"]                                         # doctest: +SKIP
+    0.87
+    """
+    import dask
+
+    options = job.evaluate
+    [remote] = client.scatter([predictor], broadcast=True, hash=False)
+    graphs = []
+    for frame, slices in frames.values():
+        keep = list(options.slices) if slices else []
+        pred = frame.map_partitions(_evaluation_partition, remote, keep,
+                                    meta=predictor.evaluation_frame(frame._meta, keep=keep))
+        graphs.append(evaluation_graph(
+            pred, job.data.task,
+            class_names=[str(c) for c in predictor.classes or []] or None,
+            threshold=predictor.threshold, min_precision=options.min_precision,
+            min_recall=options.min_recall, slices=keep, top_levels=options.top_levels))
+    return dict(zip(frames, dask.compute(*graphs)))
+
+
+def _evaluation_partition(df: pd.DataFrame, predictor: Predictor,
+                          keep: list[str]) -> pd.DataFrame:
+    return predictor.evaluation_frame(df, keep=keep)
+
+
+def operating_point(job: JobSpec, fit: Any, parts: Parts, train_rows: Any,
+                    client: Client) -> Any:
+    """The chosen model (a :class:`pipeline.train.FamilyFit`) at the job's operating point
+    (``evaluate.min_precision`` / ``min_recall``, binary tasks), or ``fit`` as it is when the
+    job asks for none.
+
+    The threshold is chosen on the validation rows, so that the holdout figures at it are an
+    honest estimate (chosen on the holdout, they would flatter it); holdout and training rows
+    are then evaluated again at it, so that the leaderboard and the overfitting check compare
+    them at the threshold the bundle scores with.
+    """
+    import dataclasses
+
+    options = job.evaluate
+    if job.data.task != "binary" or not (options.min_precision or options.min_recall):
+        return fit
+    predictor = fit.predictor
+    on_valid = evaluate_predictor(predictor, {"valid": (parts.valid, False)}, job,
+                                  client)["valid"]
+    predictor.threshold = float(on_valid["chosen_threshold"])
+    out = evaluate_predictor(predictor, {"holdout": (parts.holdout, True),
+                                         "train": (train_rows, False)}, job, client)
+    out["holdout"].update(chosen_threshold=predictor.threshold,
+                          chosen_threshold_source=on_valid["chosen_threshold_source"],
+                          chosen_threshold_split="validation")
+    return dataclasses.replace(fit, holdout=out["holdout"], train=out["train"])
+
+
+def leaderboard(fits: Mapping[str, Any], winner: str, job: JobSpec) -> list[dict[str, Any]]:
+    """One row per family (``fits``: family -> :class:`pipeline.train.FamilyFit`): CV score,
+    holdout metrics, overfit gap, cost, and how it was trained."""
+    from pipeline.models import FAMILIES
+
+    primary, task = job.primary_metric, job.data.task
+    rows = []
+    for family, fit in fits.items():
+        found, refit = fit.search, fit.refit
+        gap = overfit_check(fit.train, fit.holdout, job.evaluate.overfit_bound)
+        rows.append({
+            "family": family, "chosen": family == winner, "training": refit.training,
+            "how": FAMILIES[family]["how"], "metric": primary,
+            "cv_mean": found.cv_mean, "cv_std": found.cv_std, "candidates": found.candidates,
+            "search": found.method, "params": refit.params,
+            "holdout": headline(fit.holdout, task), "train": headline(fit.train, task),
+            "gap": gap.get("metrics", {}).get(primary, {}).get("gap"),
+            "overfit": bool(gap.get("overfit")), "fit_seconds": round(refit.seconds, 3),
+            "search_seconds": round(found.seconds, 3),
+            "predict_rows_per_s": round(fit.predicted_rows / max(fit.predict_seconds, 1e-9)),
+            "peak_memory_bytes": fit.peak_memory,
+        })
+    return rows
+
+
+def fmt_metric(value: float | None) -> str:
+    """A metric for a terminal line: 4 decimals, or 1 for figures in the thousands."""
+    if value is None:
+        return "n/a"
+    return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4f}"

@@ -36,11 +36,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import Tags
 from sklearn.utils.validation import check_is_fitted
 
 from pipeline.frames import apply, compute, meta_of, reduce_partitions, row_hash
 from pipeline.frames import value_counts as _value_counts
-from pipeline.preprocess import SchemaError, _require, as_text_lazy, codes_of, exact_quantiles
+from pipeline.preprocess import (
+    SchemaError,
+    as_text_lazy,
+    codes_of,
+    exact_quantiles,
+    frame_tags,
+    require_columns,
+    validate_frame,
+)
 
 #: rows of the sample on which power-transform lambdas are fitted (about 40 passes each).
 POWER_SAMPLE_ROWS = 200_000
@@ -88,6 +97,7 @@ class KernelFeatures(TransformerMixin, BaseEstimator):
         self.drop = drop
 
     def fit(self, X: Any, y: Any = None) -> KernelFeatures:
+        X = validate_frame(self, X, reset=True)
         meta = meta_of(X)
         specs = [dict(f) for f in self.features]
         check_features(specs, meta)
@@ -141,8 +151,12 @@ class KernelFeatures(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "specs_")
+        X = validate_frame(self, X, reset=False)
         check_features(self.specs_, meta_of(X))
         return apply(X, self._transform)
+
+    def __sklearn_tags__(self) -> Tags:
+        return frame_tags(super().__sklearn_tags__())
 
     def _transform(self, df: pd.DataFrame, upto: int | None = None,
                    skip: set[int] = frozenset()) -> pd.DataFrame:  # type: ignore[assignment]
@@ -181,10 +195,10 @@ class KernelFeatures(TransformerMixin, BaseEstimator):
                     index = kernels.bin_index(_floats(out[c]), self.edges_[c])
                     out[f"{c}__bin"] = np.where(index >= 0, index, np.nan)
             elif kind == "hash":
-                from pipeline.preprocess import _hash_buckets
+                from pipeline.preprocess import hash_buckets
 
                 for c in columns:
-                    out[f"{c}__hash"] = _hash_buckets(df[c], int(spec.get("n_buckets", 1024)),
+                    out[f"{c}__hash"] = hash_buckets(df[c], int(spec.get("n_buckets", 1024)),
                                                       0)
             else:
                 out = _window(out, spec)
@@ -204,11 +218,11 @@ def check_features(specs: Sequence[Mapping[str, Any]], meta: pd.DataFrame) -> No
     for i, spec in enumerate(specs):
         where = f"features[{i}] ({spec['kernel']})"
         kind = spec["kernel"]
-        _require(spec["columns"], meta, where,
+        require_columns(spec["columns"], meta, where,
                  numeric=True if kind in _NUMERIC_KERNELS else None)
         if kind in ("rolling", "lag"):
-            _require([spec["key"]], meta, f"{where}.key")
-            _require([spec["time"]], meta, f"{where}.time")
+            require_columns([spec["key"]], meta, f"{where}.key")
+            require_columns([spec["time"]], meta, f"{where}.time")
         if kind in ("count", "hash"):
             for c in spec["columns"]:
                 if not is_categorical(meta[c].dtype) and not pd.api.types.is_integer_dtype(
@@ -217,7 +231,7 @@ def check_features(specs: Sequence[Mapping[str, Any]], meta: pd.DataFrame) -> No
                                       "and hash apply to categorical, text or integer codes")
         for a, b in pairs_of(spec) if kind in ("ratio", "product", "difference", "sum") \
                 else ():
-            _require([a, b], meta, f"{where}.pairs", numeric=True)
+            require_columns([a, b], meta, f"{where}.pairs", numeric=True)
 
 
 def pairs_of(spec: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -130,10 +130,31 @@ def reduce_partitions(X: Any, chunk: Callable[[pd.DataFrame], Any],
     return partials[0]
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix_hash(h: np.ndarray, seed: int) -> np.ndarray:
+    """Well-spread 64-bit draws from 64-bit hashes: the splitmix64 finaliser of
+    ``h + (seed + 1) * golden`` (golden = 0x9E3779B97F4A7C15, arithmetic modulo 2**64).
+
+    Seeded content hashes (:func:`row_hash`, the split's draws) all go through this one mix,
+    so a seed gives the same draws wherever a row is.
+
+    Examples
+    --------
+    >>> h = np.array([0, 1], dtype=np.uint64)
+    >>> bool((mix_hash(h, 0) != mix_hash(h, 1)).all())
+    True
+    """
+    with np.errstate(over="ignore"):
+        z = h + np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
 def row_hash(df: pd.DataFrame, seed: int = 0) -> np.ndarray:
     """A well-mixed 64-bit hash of each row's content (partitioning does not matter)."""
-    from pipeline.split import _mix
-
     if len(df) == 0:
         return np.empty(0, dtype=np.uint64)
-    return _mix(pd.util.hash_pandas_object(df, index=False).to_numpy(dtype=np.uint64), seed)
+    return mix_hash(pd.util.hash_pandas_object(df, index=False).to_numpy(dtype=np.uint64), seed)

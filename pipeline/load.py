@@ -21,10 +21,16 @@ import io
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import did_you_mean
+
+if TYPE_CHECKING:
+    from pipeline.config import JobSpec
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +128,17 @@ def _format_of(names: Sequence[str], url: str) -> str:
                     f"(e.g. {names[0]}); set data.format to csv or parquet")
 
 
+def csv_separator(name: str) -> str:
+    """The field separator of a CSV file, from its name: a tab for ``.tsv``/``.tsv.gz``.
+
+    Examples
+    --------
+    >>> csv_separator("s3://b/x.tsv.gz"), csv_separator("data/x.csv")
+    ('\\t', ',')
+    """
+    return "\t" if name.lower().endswith((".tsv", ".tsv.gz")) else ","
+
+
 # --------------------------------------------------------------------------- headers
 
 
@@ -158,8 +175,7 @@ def _csv_header(fs: Any, name: str) -> dict[str, str]:
         line = text.readline()
     if not line.strip():
         raise DataError(f"{name} is empty or has no header line; every CSV file needs a header")
-    delimiter = "\t" if name.lower().endswith((".tsv", ".tsv.gz")) else ","
-    names = next(csv.reader([line], delimiter=delimiter))
+    names = next(csv.reader([line], delimiter=csv_separator(name)))
     _no_duplicates(names, name)
     return dict.fromkeys(names, "")
 
@@ -199,9 +215,8 @@ def check_headers(headers: Mapping[str, Mapping[str, str]], *, schema: Mapping[s
                                     f"{declared} (data.schema). Fix the file or the contract")
     for column in required:
         if column not in columns:
-            hint = _close(column, columns)
-            raise DataError(f"column {column!r} is not in the data ({files[0]}){hint}; "
-                            f"found columns {columns}")
+            raise DataError(f"column {column!r} is not in the data ({files[0]}); "
+                            f"found columns {columns}{did_you_mean(column, columns)}")
     return columns
 
 
@@ -226,10 +241,9 @@ def check_csv_sample(source: Source, schema: Mapping[str, str] | None,
         return
 
     def one(name: str) -> None:
-        sep = "\t" if name.lower().endswith((".tsv", ".tsv.gz")) else ","
         with source.fs.open(name, "rb", compression="infer") as f:
-            sample = pd.read_csv(f, usecols=list(declared), dtype=str, nrows=rows, sep=sep,
-                                 keep_default_na=True)
+            sample = pd.read_csv(f, usecols=list(declared), dtype=str, nrows=rows,
+                                 sep=csv_separator(name), keep_default_na=True)
         for column, kind in declared.items():
             text = sample[column]
             present = text.notna()
@@ -270,13 +284,6 @@ def _compatible(arrow_type: str, declared: str) -> bool:
     return False
 
 
-def _close(word: str, choices: Sequence[str]) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
 # --------------------------------------------------------------------------- read
 
 
@@ -300,8 +307,8 @@ def read(source: Source, columns: Sequence[str], *, schema: Mapping[str, str] | 
                    if c in keep and t.lower().startswith(("int", "uint", "float"))]
         dtypes = {c: "str" if c in numeric else _csv_dtype(t)
                   for c, t in (schema or {}).items() if c in keep}
-        sep = "\t" if files[0].lower().endswith((".tsv", ".tsv.gz")) else ","
-        ddf = dd.read_csv(files, usecols=keep, dtype=dtypes or None, sep=sep,
+        ddf = dd.read_csv(files, usecols=keep, dtype=dtypes or None,
+                          sep=csv_separator(files[0]),
                           blocksize=None if _compressed(files[0]) else blocksize,
                           storage_options=options,
                           include_path_column=_PATH if numeric else False)
@@ -357,6 +364,215 @@ def _csv_dtype(declared: str) -> str:
 
 def _compressed(name: str) -> bool:
     return name.lower().endswith((".gz", ".bz2", ".zst", ".xz"))
+
+
+# --------------------------------------------------------------------------- pieces
+#
+# A fixed partitioning of the input, decided from listings, headers and footers only, so that
+# partition ``i`` is the same rows on every run (what a resumable batch job needs; dask's own
+# readers decide theirs when the graph is built). :func:`read_piece` reads one partition.
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One input partition: a row-group range of a Parquet file or a byte range of a CSV file.
+
+    ``stop``: the row group (Parquet) or byte (CSV) after the last; ``None`` for a whole
+    compressed CSV file.
+    """
+
+    index: int
+    file: str
+    start: int
+    stop: int | None
+    rows: int | None = None  # known for Parquet (from the footer)
+    names: tuple[str, ...] | None = None  # CSV: the file's header (later blocks have none)
+
+    def describe(self, fmt: str) -> str:
+        if fmt == "parquet":
+            last = (self.stop or 0) - 1
+            groups = (f"row group {self.start}" if last == self.start
+                      else f"row groups {self.start}-{last}")
+            return f"partition {self.index} ({self.file}, {groups})"
+        if self.stop is None:
+            return f"partition {self.index} ({self.file})"
+        return f"partition {self.index} ({self.file}, bytes {self.start:,}-{self.stop:,})"
+
+
+def parquet_pieces(source: Source, partition_rows: int, max_workers: int = 16) -> list[Piece]:
+    """Consecutive row groups of each file, up to ``partition_rows`` rows (at least one group).
+
+    Reads the footers only (in a thread pool). A row group is never split, and a file with no
+    row groups is one empty piece, so the numbering depends on the listing alone.
+
+    Examples
+    --------
+    >>> pieces = parquet_pieces(find_files("data/demo"), 500_000)      # doctest: +SKIP
+    >>> pieces[0].describe("parquet")                                  # doctest: +SKIP
+    'partition 0 (data/demo/part-00000.parquet, row group 0)'
+    """
+    import pyarrow.parquet as pq
+
+    def groups(name: str) -> list[int]:
+        with source.fs.open(name, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(source.files))) as pool:
+        sizes = list(pool.map(groups, source.files))
+    pieces: list[Piece] = []
+    for name, rows in zip(source.files, sizes):
+        if not rows:  # a file with no row groups: an empty partition keeps numbering stable
+            pieces.append(Piece(len(pieces), name, 0, 0, 0))
+            continue
+        start, total = 0, 0
+        for i, n in enumerate(rows):
+            if i > start and total + n > partition_rows:
+                pieces.append(Piece(len(pieces), name, start, i, total))
+                start, total = i, 0
+            total += n
+        pieces.append(Piece(len(pieces), name, start, len(rows), total))
+    return pieces
+
+
+def csv_pieces(source: Source, blocksize: int,
+               headers: Mapping[str, Mapping[str, str]]) -> list[Piece]:
+    """Byte ranges of ``blocksize`` of each CSV file; a compressed file is one piece.
+
+    ``headers`` is :func:`read_headers`' answer: each piece carries its file's column names,
+    since only the first block of a file has the header line.
+
+    Examples
+    --------
+    >>> src = find_files("data/demo.csv")                                  # doctest: +SKIP
+    >>> csv_pieces(src, 64 * 2**20, read_headers(src))[0].describe("csv")  # doctest: +SKIP
+    'partition 0 (data/demo.csv, bytes 0-1,234,567)'
+    """
+    sizes = [int(source.fs.size(name)) for name in source.files]
+    pieces: list[Piece] = []
+    for name, size in zip(source.files, sizes):
+        names = tuple(headers[name])
+        if _compressed(name):  # no random access into a compressed stream
+            pieces.append(Piece(len(pieces), name, 0, None, names=names))
+            continue
+        for start in range(0, max(size, 1), blocksize):
+            pieces.append(Piece(len(pieces), name, start, min(start + blocksize, size),
+                                names=names))
+    return pieces
+
+
+def csv_dtypes(source: Source, columns: Sequence[str], declared: Mapping[str, str],
+               infer: Sequence[str] = ()) -> dict[str, str]:
+    """Fixed dtypes for every CSV column read, so that all pieces parse alike.
+
+    Columns ``declared`` numeric are read as float64 (a missing value in one block must not
+    change the dtype), other declared or undeclared ones as str (a bool is left to pandas);
+    the columns in ``infer`` are typed once, from the first 10,000 rows of the first file
+    (boolean, Int64, float64 or str), then fixed.
+
+    Examples
+    --------
+    >>> csv_dtypes(find_files("data/demo.csv"), ["id", "income", "city"],
+    ...            {"income": "int64", "city": "category"}, infer=["id"])  # doctest: +SKIP
+    {'income': 'float64', 'city': 'str', 'id': 'Int64'}
+    """
+    import pandas as pd
+
+    out: dict[str, str] = {}
+    for column in columns:
+        if column in infer:
+            continue
+        kind = str(declared.get(column, ""))
+        if re.match(r"^(u?int|float)\d*$", kind, re.I):
+            out[column] = "float64"
+        elif kind not in ("bool", "boolean"):
+            out[column] = "str"
+    if infer:
+        with source.fs.open(source.files[0], "rb", compression="infer") as f:
+            sample = pd.read_csv(f, usecols=list(infer), nrows=10_000,
+                                 sep=csv_separator(source.files[0]))
+        for column in infer:
+            dtype = sample[column].dtype
+            if pd.api.types.is_bool_dtype(dtype):
+                out[column] = "boolean"
+            elif pd.api.types.is_integer_dtype(dtype):
+                out[column] = "Int64"
+            elif pd.api.types.is_float_dtype(dtype):
+                out[column] = "float64"
+            else:
+                out[column] = "str"
+    return out
+
+
+def read_piece(piece: Piece, fmt: str, columns: Sequence[str], *,
+               dtypes: Mapping[str, str] | None = None, sep: str = ",",
+               storage_options: Mapping[str, Any] | None = None) -> Any:
+    """One piece as a pandas DataFrame of ``columns``, in that order.
+
+    Opens the file itself (``storage_options`` as for :func:`find_files`), so it runs in any
+    worker task. CSV: the rows that *start* in ``[start, stop)``, the same split as dask's
+    ``read_csv``, parsed with ``dtypes`` (:func:`csv_dtypes`) and ``sep``.
+
+    Examples
+    --------
+    >>> src = find_files("data/demo")                                  # doctest: +SKIP
+    >>> piece = parquet_pieces(src, 500_000)[0]                        # doctest: +SKIP
+    >>> read_piece(piece, "parquet", ["income", "city"]).shape         # doctest: +SKIP
+    (125000, 2)
+    """
+    from fsspec.core import url_to_fs
+
+    fs = url_to_fs(piece.file, **dict(storage_options or {}))[0]
+    if fmt == "parquet":
+        return _read_parquet_piece(fs, piece, list(columns))
+    return _read_csv_piece(fs, piece, list(columns), dict(dtypes or {}), sep)
+
+
+def _read_parquet_piece(fs: Any, piece: Piece, columns: list[str]) -> Any:
+    import pyarrow.parquet as pq
+
+    with fs.open(piece.file, "rb") as f:
+        pf = pq.ParquetFile(f)
+        groups = list(range(piece.start, piece.stop or 0))
+        table = (pf.read_row_groups(groups, columns=columns, use_threads=False)
+                 if groups else pf.schema_arrow.empty_table().select(columns))
+    return table.to_pandas()
+
+
+def _read_csv_piece(fs: Any, piece: Piece, columns: list[str], dtypes: dict[str, str],
+                    sep: str) -> Any:
+    import pandas as pd
+    from fsspec.utils import read_block
+
+    with fs.open(piece.file, "rb", compression="infer" if piece.stop is None else None) as f:
+        if piece.stop is None:
+            data = f.read()
+        else:  # the rows that start in [start, stop): the same split as dask's read_csv
+            data = read_block(f, piece.start, piece.stop - piece.start, delimiter=b"\n")
+    if not data.strip():
+        return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "float64")) for c in columns})
+    first = piece.start == 0
+    frame = pd.read_csv(io.BytesIO(data), sep=sep, usecols=columns,
+                        dtype=dtypes or None, header=0 if first else None,
+                        names=None if first else list(piece.names or ()))
+    return frame[columns]
+
+
+def pieces_meta(source: Source, columns: Sequence[str],
+                dtypes: Mapping[str, str] | None = None) -> Any:
+    """The empty pandas frame :func:`read_piece` returns the columns and dtypes of (the
+    ``meta`` of a dask DataFrame built from pieces): the first Parquet file's schema, or the
+    CSV ``dtypes`` (float64 for a column without one)."""
+    import pandas as pd
+
+    if source.format == "parquet":
+        import pyarrow.parquet as pq
+
+        with source.fs.open(source.files[0], "rb") as f:
+            schema = pq.read_schema(f)
+        return schema.empty_table().select(list(columns)).to_pandas()
+    dtypes = dtypes or {}
+    return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "float64")) for c in columns})
 
 
 # --------------------------------------------------------------------------- summarize
@@ -517,3 +733,76 @@ def _example(ddf: Any, mask: Any) -> str:
               for k, v in row.iloc[0].to_dict().items()}
     shown = dict(list(record.items())[:8])
     return f" (e.g. the row {shown})"
+
+
+# --------------------------------------------------------------------------- a job's data
+
+
+@dataclass
+class Training:
+    """A job's training data: where it came from, the frame, and what its columns are."""
+
+    source: Source
+    frame: Any  # lazy after plan_training; persisted (and checked) after load_training
+    columns: list[str]  # read from the files
+    feature_columns: list[str]  # model inputs (and window context)
+    summary: Summary | None = None
+    duplicates: int = 0  # exact duplicate rows removed (preprocess.dedupe)
+
+
+def plan_training(job: JobSpec) -> Training:
+    """Find the job's files, check their headers and a sample of rows, and plan the read.
+
+    Nothing is computed: errors in the declared schema or columns come before any work.
+
+    Examples
+    --------
+    >>> planned = plan_training(load_job("examples/demo.yaml"))     # doctest: +SKIP
+    >>> planned.frame.npartitions                                    # doctest: +SKIP
+    4
+    """
+    data, context = job.data, job.window_columns
+    source = find_files(data.train, job.storage_options, data.format)
+    required = [data.target, *data.id_columns, *([data.split.by] if data.split.by else []),
+                *job.evaluate.slices, *context]
+    columns = check_headers(read_headers(source), schema=data.schema_, required=required)
+    check_csv_sample(source, data.schema_)
+    frame = read(source, columns, schema=data.schema_,
+                 drop=[c for c in data.drop if c not in context],
+                 storage_options=job.storage_options, blocksize=data.blocksize)
+    feature_columns = [c for c in frame.columns
+                       if c not in {data.target, *data.id_columns, *data.drop} or c in context]
+    return Training(source, frame, list(columns), feature_columns)
+
+
+def load_training(job: JobSpec, planned: Training) -> Training:
+    """Read the planned data into the current cluster's memory, drop duplicates if asked, and
+    summarize it.
+
+    Rows sharing a window-feature key end up in one partition (window features see each key's
+    whole history). The summary validates the target (:func:`summarize`).
+    """
+    from distributed import wait
+
+    data, frame = job.data, planned.frame
+    window_keys = {f.key for f in job.features if f.kernel in ("rolling", "lag")}
+    if window_keys:
+        frame = frame.shuffle(on=next(iter(window_keys)))
+    # the collection's own persist: client.persist(frame) can leave keys that a later
+    # compute reports as "lost dependencies" (seen with CSV sources)
+    frame = frame.persist()
+    wait(frame)
+    duplicates = 0
+    if job.preprocess.dedupe:
+        import dask
+
+        before = frame.shape[0]
+        frame = frame.drop_duplicates().persist()
+        wait(frame)
+        before, after = dask.compute(before, frame.shape[0])
+        duplicates = int(before - after)
+    summary = summarize(frame, target=data.target, task=data.task, source=data.train,
+                        positive=data.positive, time_column=data.split.by,
+                        holdout=data.split.holdout, exclude_levels=data.id_columns)
+    return Training(planned.source, frame, planned.columns, planned.feature_columns, summary,
+                    duplicates)

@@ -186,6 +186,12 @@ def training_mode(family: str, task: str) -> str:
     return mode[task] if isinstance(mode, Mapping) else mode
 
 
+def family_rows(family: str, sample_rows: int) -> int:
+    """Rows of the search sample a family takes: ``sample_rows``, or its cap (kernel SVM,
+    kNN) when lower."""
+    return min(sample_rows, FAMILIES[family].get("max_rows", sample_rows))
+
+
 def defaults(family: str, task: str) -> dict[str, Any]:
     """The family's default parameters for ``task``."""
     entry = FAMILIES[family]["defaults"]
@@ -239,7 +245,7 @@ def make_estimator(family: str, task: str, params: Mapping[str, Any], seed: int 
 
     Unknown parameter names are an error with a "did you mean".
     """
-    import difflib
+    from pipeline.errors import did_you_mean
 
     cls = estimator_class(family, task)
     merged = {**defaults(family, task), **dict(params)}
@@ -248,8 +254,7 @@ def make_estimator(family: str, task: str, params: Mapping[str, Any], seed: int 
     known = set(cls().get_params())
     for name in merged:
         if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, sorted(known))
             raise ValueError(f"models.{family}: unknown parameter {name!r}{hint} "
                              f"(parameters of {cls.__name__}: {', '.join(sorted(known))})")
     if "random_state" in known and "random_state" not in merged:

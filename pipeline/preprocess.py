@@ -15,7 +15,7 @@ The input policy (README.md), applied by :class:`InputSchema` and the encoders:
 - a category never seen in training is treated as missing (or joins the pooled ``__rare__``
   level where a column pools rare levels), and counted.
 
-Which steps a model gets is decided in :func:`build_preprocessor`: a prefix shared by every
+Which steps a model gets is decided in :mod:`pipeline.steps`: a prefix shared by every
 model family (schema, cleaning, declared features and encodings), then a tail for the family
 (imputation where the family cannot take missing values, encoding of the remaining categorical
 columns, scaling where the family needs it).
@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils import Tags
+from sklearn.utils.validation import check_array, check_is_fitted
 
 from pipeline.frames import apply, compute, is_dask, meta_of, reduce_partitions, row_hash
 from pipeline.frames import value_counts as _value_counts
@@ -67,6 +68,53 @@ def as_text(values: pd.Series) -> pd.Series:
 def codes_of(values: pd.Series, vocabulary: np.ndarray) -> np.ndarray:
     """Position of each value in ``vocabulary`` (int64; -1 for missing or unknown)."""
     return pd.Index(vocabulary).get_indexer(as_text(values)).astype(np.int64)
+
+
+def validate_frame(estimator: BaseEstimator, X: Any, *, reset: bool) -> Any:
+    """``X`` as a pandas or dask DataFrame: scikit-learn's ``validate_data`` for our steps.
+
+    A frame passes as it is; its columns are matched by name (the input policy above). A
+    2-D array, what scikit-learn's own tools and checks pass, becomes a pandas frame read by
+    position: columns ``x0, x1, ...`` (or, once fitted on named columns, those names), each
+    with the dtype pandas infers, so an object array of numbers gives numeric columns. It
+    must then have as many columns as in ``fit``: positions are all an array has. With
+    ``reset`` (in ``fit``) the estimator records ``n_features_in_``, and ``feature_names_in_``
+    when it was given a frame with string column names.
+
+    Examples
+    --------
+    >>> schema = InputSchema().fit(np.array([[1.0, 2.0]]))
+    >>> schema.n_features_in_, list(schema.columns_)
+    (2, ['x0', 'x1'])
+    """
+    named = is_dask(X) or isinstance(X, pd.DataFrame)
+    if not named:
+        array = check_array(X, dtype=None, ensure_all_finite=False)  # 2-D, dense, not empty
+        if reset:
+            names = [f"x{i}" for i in range(array.shape[1])]
+        else:
+            n = estimator.n_features_in_
+            if array.shape[1] != n:
+                raise ValueError(f"X has {array.shape[1]} features, but "
+                                 f"{type(estimator).__name__} is expecting {n} features as "
+                                 "input (an array's columns are matched by position)")
+            names = list(getattr(estimator, "feature_names_in_", [f"x{i}" for i in range(n)]))
+        X = pd.DataFrame(array, columns=names).infer_objects()
+    if reset:
+        columns = list(meta_of(X).columns)
+        estimator.n_features_in_ = len(columns)
+        if named and all(isinstance(c, str) for c in columns):
+            estimator.feature_names_in_ = np.array(columns, dtype=object)
+        elif hasattr(estimator, "feature_names_in_"):
+            del estimator.feature_names_in_
+    return X
+
+
+def frame_tags(tags: Tags) -> Tags:
+    """The scikit-learn tags of our steps: missing values and text are data, not errors."""
+    tags.input_tags.allow_nan = True
+    tags.input_tags.string = True
+    return tags
 
 
 # --------------------------------------------------------------------------- exact quantiles
@@ -235,7 +283,7 @@ class InputSchema(TransformerMixin, BaseEstimator):
         self.columns = columns
 
     def fit(self, X: Any, y: Any = None) -> InputSchema:
-        meta = meta_of(X)
+        meta = meta_of(validate_frame(self, X, reset=True))
         columns = list(self.columns) if self.columns is not None else list(meta.columns)
         missing = [c for c in columns if c not in meta.columns]
         if missing:
@@ -253,11 +301,11 @@ class InputSchema(TransformerMixin, BaseEstimator):
             else:
                 kinds.append("number")
         self.kinds_ = np.array(kinds, dtype=object)
-        self.n_features_in_ = len(columns)
         return self
 
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "columns_")
+        X = validate_frame(self, X, reset=False)
         meta = meta_of(X)
         missing = [c for c in self.columns_ if c not in meta.columns]
         if missing:
@@ -296,6 +344,9 @@ class InputSchema(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self, "columns_")
         return self.columns_.copy()
+
+    def __sklearn_tags__(self) -> Tags:
+        return frame_tags(super().__sklearn_tags__())
 
 
 def _to_float(values: pd.Series, column: str) -> pd.Series:
@@ -337,6 +388,7 @@ class ColumnCleaner(TransformerMixin, BaseEstimator):
         self.protect = protect
 
     def fit(self, X: Any, y: Any = None) -> ColumnCleaner:
+        X = validate_frame(self, X, reset=True)
         meta = meta_of(X)
         numbers = numeric_columns(meta)
         lazy = {"count": {c: X[c].count() for c in meta.columns},
@@ -363,10 +415,14 @@ class ColumnCleaner(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "columns_")
         columns = list(self.columns_)
-        return apply(X, lambda df: df[columns])
+        return apply(validate_frame(self, X, reset=False), lambda df: df[columns])
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        check_is_fitted(self, "columns_")
         return self.columns_.copy()
+
+    def __sklearn_tags__(self) -> Tags:
+        return frame_tags(super().__sklearn_tags__())
 
 
 def as_text_lazy(series: Any) -> Any:
@@ -394,16 +450,17 @@ class QuantileClipper(TransformerMixin, BaseEstimator):
         self.columns = columns
 
     def fit(self, X: Any, y: Any = None) -> QuantileClipper:
+        X = validate_frame(self, X, reset=True)
         meta = meta_of(X)
         columns = list(self.columns) if self.columns is not None else numeric_columns(meta)
-        _require(columns, meta, "preprocess.clip.columns", numeric=True)
+        require_columns(columns, meta, "preprocess.clip.columns", numeric=True)
         q = exact_quantiles(X, {c: [self.lower, self.upper] for c in columns})
         self.bounds_ = {c: (float(q[c][0]), float(q[c][1])) for c in columns}
         return self
 
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "bounds_")
-        return apply(X, self._transform)
+        return apply(validate_frame(self, X, reset=False), self._transform)
 
     def _transform(self, df: pd.DataFrame) -> pd.DataFrame:
         out = df.copy()
@@ -411,16 +468,18 @@ class QuantileClipper(TransformerMixin, BaseEstimator):
             out[c] = df[c].clip(lo, hi)
         return out
 
+    def __sklearn_tags__(self) -> Tags:
+        return frame_tags(super().__sklearn_tags__())
 
-def _require(columns: Sequence[str], meta: pd.DataFrame, where: str, *,
+
+def require_columns(columns: Sequence[str], meta: pd.DataFrame, where: str, *,
              numeric: bool | None = None) -> None:
     """Declared columns exist and have the right kind: errors before any compute."""
     for c in columns:
         if c not in meta.columns:
-            import difflib
+            from pipeline.errors import did_you_mean
 
-            close = difflib.get_close_matches(c, [str(x) for x in meta.columns], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(c, meta.columns)
             raise SchemaError(f"{where} names {c!r}, which is not a column here{hint}")
         if numeric is True and is_categorical(meta[c].dtype):
             raise SchemaError(f"{where} names {c!r}, a {meta[c].dtype} column; it needs a "
@@ -471,8 +530,9 @@ class Imputer(TransformerMixin, BaseEstimator):
         return self.numeric, self.fill_value
 
     def fit(self, X: Any, y: Any = None) -> Imputer:
+        X = validate_frame(self, X, reset=True)
         meta = meta_of(X)
-        _require(list(self.columns or {}), meta, "preprocess.impute.columns")
+        require_columns(list(self.columns or {}), meta, "preprocess.impute.columns")
         plan = {}
         for c in meta.columns:
             categorical = is_categorical(meta[c].dtype)
@@ -515,7 +575,7 @@ class Imputer(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "statistics_")
-        return apply(X, self._transform)
+        return apply(validate_frame(self, X, reset=False), self._transform)
 
     def _transform(self, df: pd.DataFrame) -> pd.DataFrame:
         out = df.copy()
@@ -528,6 +588,9 @@ class Imputer(TransformerMixin, BaseEstimator):
             else:
                 out[c] = df[c].fillna(value)
         return out
+
+    def __sklearn_tags__(self) -> Tags:
+        return frame_tags(super().__sklearn_tags__())
 
 
 def _order_key(value: Any) -> tuple:
@@ -552,6 +615,7 @@ class Scaler(TransformerMixin, BaseEstimator):
         self.columns = columns
 
     def fit(self, X: Any, y: Any = None) -> Scaler:
+        X = validate_frame(self, X, reset=True)
         meta = meta_of(X)
         columns = list(self.columns) if self.columns is not None else numeric_columns(meta)
         if self.method not in ("standard", "minmax", "robust"):
@@ -576,13 +640,16 @@ class Scaler(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "scale_")
-        return apply(X, self._transform)
+        return apply(validate_frame(self, X, reset=False), self._transform)
 
     def _transform(self, df: pd.DataFrame) -> pd.DataFrame:
         out = df.copy()
         for c, scale in self.scale_.items():
             out[c] = (df[c].astype(np.float64) - self.center_[c]) / scale
         return out
+
+    def __sklearn_tags__(self) -> Tags:
+        return frame_tags(super().__sklearn_tags__())
 
 
 # --------------------------------------------------------------------------- encoding
@@ -604,6 +671,7 @@ class NativeCategorical(TransformerMixin, BaseEstimator):
         self.min_frequency = min_frequency
 
     def fit(self, X: Any, y: Any = None) -> NativeCategorical:
+        X = validate_frame(self, X, reset=True)
         meta = meta_of(X)
         columns = (list(self.columns) if self.columns is not None
                    else categorical_columns(meta))
@@ -615,7 +683,7 @@ class NativeCategorical(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "categories_")
-        return apply(X, self._transform)
+        return apply(validate_frame(self, X, reset=False), self._transform)
 
     def _transform(self, df: pd.DataFrame) -> pd.DataFrame:
         out = df.copy()
@@ -627,6 +695,9 @@ class NativeCategorical(TransformerMixin, BaseEstimator):
         """Rows per column whose level is outside the kept vocabulary."""
         check_is_fitted(self, "categories_")
         return {c: _outside(df[c], self.categories_[c]) for c in self.columns_}
+
+    def __sklearn_tags__(self) -> Tags:
+        return frame_tags(super().__sklearn_tags__())
 
 
 def kept_levels(counts: pd.Series, max_levels: int, min_frequency: int) -> np.ndarray:
@@ -722,18 +793,19 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
     # -- fit ---------------------------------------------------------------------------------
 
     def fit(self, X: Any, y: Any = None) -> CategoricalEncoder:
-        self._fit(X, y, out_of_fold=False)
+        self._fit(validate_frame(self, X, reset=True), y, out_of_fold=False)
         return self
 
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         """Fit, then encode the training rows themselves out-of-fold (target encoding)."""
+        X = validate_frame(self, X, reset=True)
         oof = self._fit(X, y, out_of_fold=True)
         return self._apply(X, y, oof)
 
     def _fit(self, X: Any, y: Any, *, out_of_fold: bool) -> dict[str, Any]:
         meta = meta_of(X)
         encodings = {c: dict(spec) for c, spec in (self.encodings or {}).items()}
-        _require(list(encodings), meta, "preprocess.encode", numeric=False)
+        require_columns(list(encodings), meta, "preprocess.encode", numeric=False)
         if self.default:
             for c in categorical_columns(meta):
                 encodings.setdefault(c, {"method": self.default})
@@ -794,7 +866,7 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "encodings_")
-        return self._apply(X, None, {})
+        return self._apply(validate_frame(self, X, reset=False), None, {})
 
     def _apply(self, X: Any, y: Any, oof: Mapping[str, Any]) -> Any:
         if oof:
@@ -814,7 +886,7 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
         for c, spec in self.encodings_.items():
             method = spec["method"]
             if method == "hash":
-                buckets = _hash_buckets(df[c], spec.get("n_buckets", 32), self.seed)
+                buckets = hash_buckets(df[c], spec.get("n_buckets", 32), self.seed)
                 for b in range(spec.get("n_buckets", 32)):
                     out[f"{c}#h{b}"] = (buckets == b).astype(np.uint8)
                 continue
@@ -858,6 +930,9 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
         """Rows per column whose level is outside the training vocabulary."""
         check_is_fitted(self, "encodings_")
         return {c: _outside(df[c], self.vocabulary_[c]) for c in self.vocabulary_}
+
+    def __sklearn_tags__(self) -> Tags:
+        return frame_tags(super().__sklearn_tags__())
 
 
 def _pooled_codes(values: pd.Series, vocab: np.ndarray) -> np.ndarray:
@@ -927,7 +1002,7 @@ def _target_statistics(X: Any, y: Any, columns: list[str], vocab: Mapping[str, n
     return out
 
 
-def _hash_buckets(values: pd.Series, n_buckets: int, seed: int) -> np.ndarray:
+def hash_buckets(values: pd.Series, n_buckets: int, seed: int) -> np.ndarray:
     """MurmurHash3 bucket of each value's text (Arrow string buffers, no Python loop)."""
     import pyarrow as pa
 
@@ -940,83 +1015,3 @@ def _hash_buckets(values: pd.Series, n_buckets: int, seed: int) -> np.ndarray:
     offsets = np.frombuffer(offsets, dtype=np.int64)[array.offset:array.offset + len(array) + 1]
     data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
     return kernels.hash_bytes(data, offsets, n_buckets, seed, valid=valid)
-
-
-# --------------------------------------------------------------------------- composition
-
-
-def build_preprocessor(job: Any, feature_columns: Sequence[str], family: str,
-                       n_classes: int | None = None) -> Any:
-    """The scikit-learn Pipeline for ``family``: the shared prefix, then the family's tail."""
-    from sklearn.pipeline import Pipeline
-
-    return Pipeline(prefix_steps(job, feature_columns, n_classes) + tail_steps(job, family))
-
-
-def prefix_steps(job: Any, feature_columns: Sequence[str],
-                 n_classes: int | None = None) -> list[tuple[str, Any]]:
-    """Steps every model family shares: schema, cleaning, declared features and encodings."""
-    from pipeline.features import KernelFeatures
-
-    prep = job.preprocess
-    declared = {c for f in job.features for c in _feature_columns(f)} | set(prep.encode)
-    steps: list[tuple[str, Any]] = [("schema", InputSchema(columns=list(feature_columns)))]
-    if prep.drop_constant or prep.drop_all_missing:
-        steps.append(("clean", ColumnCleaner(prep.drop_constant, prep.drop_all_missing,
-                                             protect=sorted(declared))))
-    if prep.clip is not None:
-        steps.append(("clip", QuantileClipper(prep.clip.lower, prep.clip.upper,
-                                              prep.clip.columns)))
-    if job.features:
-        # window keys/times that are ids or dropped columns only give context: gone after
-        context = {c for f in job.features if f.kernel in ("rolling", "lag")
-                   for c in (f.key, f.time)}
-        drop = sorted(context & (set(job.data.id_columns) | set(job.data.drop)))
-        steps.append(("features", KernelFeatures([f.model_dump() for f in job.features],
-                                                 drop=drop)))
-    if prep.encode:
-        encodings = {c: e.model_dump() for c, e in prep.encode.items()}
-        steps.append(("encode", CategoricalEncoder(encodings, n_classes=n_classes,
-                                                   seed=job.data.split.seed)))
-    return steps
-
-
-def tail_steps(job: Any, family: str) -> list[tuple[str, Any]]:
-    """Steps for one family: imputation, the remaining categoricals, scaling, as it needs."""
-    from pipeline.models import FAMILIES
-
-    needs = FAMILIES[family]["needs"]
-    prep = job.preprocess
-    impute = prep.impute
-    steps: list[tuple[str, Any]] = []
-    if (needs["impute"] or impute.apply == "always") and (
-            impute.numeric != "none" or impute.categorical != "none" or impute.columns):
-        steps.append(("impute", Imputer(
-            numeric=impute.numeric, categorical=impute.categorical,
-            fill_value=impute.fill_value,
-            columns={c: v.model_dump() for c, v in impute.columns.items()},
-            indicators=impute.indicators)))
-    default = prep.default_encoding
-    if default == "auto":
-        default = "onehot" if needs["numeric_only"] else "native"
-    if default == "native":
-        steps.append(("categorical", NativeCategorical()))
-    else:
-        steps.append(("categorical", CategoricalEncoder(default=default,
-                                                        seed=job.data.split.seed)))
-    if needs["scale"] and prep.scale != "none":
-        steps.append(("scale", Scaler(prep.scale)))
-    return steps
-
-
-def _feature_columns(feature: Any) -> list[str]:
-    out = list(feature.columns)
-    for name in ("key", "time"):
-        if getattr(feature, name, None):
-            out.append(getattr(feature, name))
-    return out
-
-
-def kernels_used(pipeline: Any) -> list[str]:
-    """Names of the numba kernels a fitted preprocessor calls."""
-    return sorted({k for _, step in pipeline.steps for k in getattr(step, "kernels_used_", [])})

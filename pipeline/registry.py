@@ -1,7 +1,8 @@
-"""The model registry on any fsspec URL: versions, the current version, promotion, rollback,
-and cleanup of what failed runs and killed uploads leave behind.
+"""The registry: the versions of each model, which one is current, promotion, rollback, and
+cleanup of what failed runs and killed uploads leave behind.
 
-It is the layout :mod:`pipeline.artifacts` writes (nothing else is stored)::
+It reads and changes the layout :mod:`pipeline.artifacts` writes (the bundle files and the
+pointer live there; nothing else is stored)::
 
     <root>/runs/<run_id>/manifest.json                 a version: immutable once this exists
     <root>/models/<name>/versions/<run_id>.json        one record per registered version
@@ -243,7 +244,7 @@ def _register(fs: Any, path: str, name: str, bundle: Any) -> None:
     record = {"name": name, "run_id": bundle.run_id, "manifest_sha256": manifest["_sha256"],
               "created_at": manifest.get("created_at"), "headline": manifest.get("headline", {}),
               "family": manifest.get("family")}
-    if artifacts._is_local(fs):
+    if artifacts.is_local(fs):
         fs.makedirs(artifacts.join(path, "versions"), exist_ok=True)
     try:
         artifacts.atomic_write(fs, artifacts.join(path, "versions", f"{bundle.run_id}.json"),
@@ -298,7 +299,7 @@ def cleanup(root: str, *, older_than: dt.timedelta = dt.timedelta(hours=24),
                 modified = _modified(fs, f, info)
                 if modified is None or modified < cutoff:
                     temps.append(f)
-    uploads = _stale_uploads(fs, base, cutoff) if artifacts._is_s3(fs) else []
+    uploads = _stale_uploads(fs, base, cutoff) if artifacts.is_s3(fs) else []
     if not dry_run:
         for entry in doomed_runs:
             fs.rm(entry, recursive=True)
@@ -318,7 +319,7 @@ def cleanup(root: str, *, older_than: dt.timedelta = dt.timedelta(hours=24),
 
 
 def _url(fs: Any, path: str) -> str:
-    return path if artifacts._is_local(fs) else fs.unstrip_protocol(path)
+    return path if artifacts.is_local(fs) else fs.unstrip_protocol(path)
 
 
 def _modified(fs: Any, path: str, info: Mapping[str, Any]) -> dt.datetime | None:

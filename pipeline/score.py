@@ -36,7 +36,6 @@ whatever the input size (Dask's root-task queuing keeps the reads from running a
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
@@ -46,7 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.load import DataError
+from pipeline.errors import did_you_mean
+from pipeline.load import DataError, Piece, pieces_meta, read_piece
 
 logger = logging.getLogger("pipeline")
 
@@ -113,12 +113,10 @@ def score(model: Any, ddf: Any, *, id_columns: Sequence[str] = (), client: Any =
     known = list(ddf.columns)
     missing = [c for c in [*id_columns, *predictor.feature_columns] if c not in known]
     if missing:
-        from pipeline.load import _close
-
-        raise DataError(f"the input has no column {missing[0]!r}{_close(missing[0], known)}, "
-                        f"which the model {predictor.run_id} needs"
+        raise DataError(f"the input has no column {missing[0]!r}, which the model "
+                        f"{predictor.run_id} needs"
                         f"{' (as an id column)' if missing[0] in id_columns else ''}; "
-                        f"found columns {known}")
+                        f"found columns {known}{did_you_mean(missing[0], known)}")
     meta = predictor.predict_frame(ddf._meta, id_columns)
     return ddf.map_partitions(_predict_partition, _broadcast(predictor, client), id_columns,
                               meta=meta)
@@ -175,32 +173,6 @@ def _load_predictor(bundle: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- planning
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One input partition: a row-group range of a Parquet file or a byte range of a CSV file.
-
-    ``stop``: the row group (Parquet) or byte (CSV) after the last; ``None`` for a whole
-    compressed CSV file.
-    """
-
-    index: int
-    file: str
-    start: int
-    stop: int | None
-    rows: int | None = None  # known for Parquet (from the footer)
-    names: tuple[str, ...] | None = None  # CSV: the file's header (later blocks have none)
-
-    def describe(self, fmt: str) -> str:
-        if fmt == "parquet":
-            last = (self.stop or 0) - 1
-            groups = (f"row group {self.start}" if last == self.start
-                      else f"row groups {self.start}-{last}")
-            return f"partition {self.index} ({self.file}, {groups})"
-        if self.stop is None:
-            return f"partition {self.index} ({self.file})"
-        return f"partition {self.index} ({self.file}, bytes {self.start:,}-{self.stop:,})"
 
 
 @dataclass
@@ -266,12 +238,14 @@ def plan_score(model_url: str, input_url: str, output_url: str, *,
     columns = list(dict.fromkeys([*id_columns, *predictor.feature_columns]))
     extra = [c for c in next(iter(headers.values())) if c not in columns]
     if source.format == "parquet":
-        pieces = _parquet_pieces(source, partition_rows)
+        pieces = load.parquet_pieces(source, partition_rows)
         dtypes: dict[str, str] = {}
     else:
-        pieces = _csv_pieces(source, blocksize, headers)
-        dtypes = _csv_dtypes(bundle, source, columns, id_columns)
-    sep = "\t" if source.files[0].lower().endswith((".tsv", ".tsv.gz")) else ","
+        pieces = load.csv_pieces(source, blocksize, headers)
+        # features: as the model's schema declares them; id columns: as the data holds them
+        dtypes = load.csv_dtypes(source, columns, bundle.json("schema.json").get("columns", {}),
+                                 infer=id_columns)
+    sep = load.csv_separator(source.files[0])
     identity = {
         "format": FORMAT, "run_id": bundle.run_id,
         "manifest_sha256": bundle.manifest["_sha256"], "input": source.fingerprint,
@@ -343,138 +317,19 @@ def _input_would_list(source: Any, path: str) -> bool:
     return path.startswith(base.rstrip("/") + "/")
 
 
-def _parquet_pieces(source: Any, partition_rows: int) -> list[Piece]:
-    """Consecutive row groups of each file, up to ``partition_rows`` rows (at least one)."""
-    import pyarrow.parquet as pq
-
-    def groups(name: str) -> list[int]:
-        with source.fs.open(name, "rb") as f:
-            meta = pq.ParquetFile(f).metadata
-        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-
-    with ThreadPoolExecutor(max_workers=min(16, len(source.files))) as pool:
-        sizes = list(pool.map(groups, source.files))
-    pieces: list[Piece] = []
-    for name, rows in zip(source.files, sizes):
-        if not rows:  # a file with no row groups: an empty partition keeps numbering stable
-            pieces.append(Piece(len(pieces), name, 0, 0, 0))
-            continue
-        start, total = 0, 0
-        for i, n in enumerate(rows):
-            if i > start and total + n > partition_rows:
-                pieces.append(Piece(len(pieces), name, start, i, total))
-                start, total = i, 0
-            total += n
-        pieces.append(Piece(len(pieces), name, start, len(rows), total))
-    return pieces
-
-
-def _csv_pieces(source: Any, blocksize: int,
-                headers: Mapping[str, Mapping[str, str]]) -> list[Piece]:
-    from pipeline.load import _compressed
-
-    sizes = [int(source.fs.size(name)) for name in source.files]
-    pieces: list[Piece] = []
-    for name, size in zip(source.files, sizes):
-        names = tuple(headers[name])
-        if _compressed(name):  # no random access into a compressed stream
-            pieces.append(Piece(len(pieces), name, 0, None, names=names))
-            continue
-        for start in range(0, max(size, 1), blocksize):
-            pieces.append(Piece(len(pieces), name, start, min(start + blocksize, size),
-                                names=names))
-    return pieces
-
-
-def _csv_dtypes(bundle: Any, source: Any, columns: list[str],
-                id_columns: list[str]) -> dict[str, str]:
-    """Fixed dtypes for every CSV column we read, so all partitions parse alike.
-
-    Features: numbers as float64 (a missing value in any block must not change the dtype),
-    text as str (the model's schema coerces the rest). Id columns: inferred once, from the
-    first rows of the first file, then fixed.
-    """
-    import pandas as pd
-
-    declared = bundle.json("schema.json").get("columns", {})
-    out: dict[str, str] = {}
-    for column in columns:
-        if column in id_columns:
-            continue
-        kind = str(declared.get(column, ""))
-        if re.match(r"^(u?int|float)\d*$", kind, re.I):
-            out[column] = "float64"
-        elif kind not in ("bool", "boolean"):
-            out[column] = "str"
-    if id_columns:
-        with source.fs.open(source.files[0], "rb", compression="infer") as f:
-            sample = pd.read_csv(f, usecols=id_columns, nrows=10_000,
-                                 sep="\t" if source.files[0].lower().endswith(
-                                     (".tsv", ".tsv.gz")) else ",")
-        for column in id_columns:
-            dtype = sample[column].dtype
-            if pd.api.types.is_bool_dtype(dtype):
-                out[column] = "boolean"
-            elif pd.api.types.is_integer_dtype(dtype):
-                out[column] = "Int64"
-            elif pd.api.types.is_float_dtype(dtype):
-                out[column] = "float64"
-            else:
-                out[column] = "str"
-    return out
-
-
 # --------------------------------------------------------------------------- reading
 
 
 def _read_piece(piece: Piece, plan: Mapping[str, Any]) -> Any:
     """One input partition as pandas (the task's first step; the piece rides in ``attrs``)."""
     try:
-        frame = (_read_parquet_piece(piece, plan) if plan["format"] == "parquet"
-                 else _read_csv_piece(piece, plan))
+        frame = read_piece(piece, plan["format"], plan["columns"], dtypes=plan["csv_dtypes"],
+                           sep=plan["csv_sep"], storage_options=plan["storage_options"])
     except Exception as exc:
         raise ScoreError(f"cannot read {piece.describe(plan['format'])}: "
                          f"{type(exc).__name__}: {exc}") from exc
     frame.attrs[_PIECE_ATTR] = piece
     return frame
-
-
-def _input_fs(plan: Mapping[str, Any], name: str) -> Any:
-    from fsspec.core import url_to_fs
-
-    return url_to_fs(name, **plan["storage_options"])[0]
-
-
-def _read_parquet_piece(piece: Piece, plan: Mapping[str, Any]) -> Any:
-    import pyarrow.parquet as pq
-
-    fs = _input_fs(plan, piece.file)
-    with fs.open(piece.file, "rb") as f:
-        pf = pq.ParquetFile(f)
-        groups = list(range(piece.start, piece.stop or 0))
-        table = (pf.read_row_groups(groups, columns=plan["columns"], use_threads=False)
-                 if groups else pf.schema_arrow.empty_table().select(plan["columns"]))
-    return table.to_pandas()
-
-
-def _read_csv_piece(piece: Piece, plan: Mapping[str, Any]) -> Any:
-    import pandas as pd
-    from fsspec.utils import read_block
-
-    fs = _input_fs(plan, piece.file)
-    with fs.open(piece.file, "rb", compression="infer" if piece.stop is None else None) as f:
-        if piece.stop is None:
-            data = f.read()
-        else:  # the rows that start in [start, stop): the same split as dask's read_csv
-            data = read_block(f, piece.start, piece.stop - piece.start, delimiter=b"\n")
-    columns, dtypes = plan["columns"], plan["csv_dtypes"]
-    if not data.strip():
-        return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "float64")) for c in columns})
-    first = piece.start == 0
-    frame = pd.read_csv(io.BytesIO(data), sep=plan["csv_sep"], usecols=columns,
-                        dtype=dtypes or None, header=0 if first else None,
-                        names=None if first else list(piece.names or ()))
-    return frame[columns]
 
 
 # --------------------------------------------------------------------------- scoring one part
@@ -661,6 +516,7 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
     """
     from distributed import as_completed, get_client
 
+    import cluster
     from pipeline import artifacts
 
     client = client or get_client()
@@ -671,7 +527,7 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
     plan = plan_score(model_url, input_url, output_url, id_columns=id_columns, fmt=fmt,
                       partition_rows=partition_rows, blocksize=blocksize,
                       storage_options=storage_options, bundle=bundle, predictor=predictor)
-    _refuse_memory_output(client, output_url)
+    cluster.refuse_memory_urls(client, {"output": output_url})
     fs, out = artifacts.filesystem(output_url, plan.storage_options)
     _unpublish(fs, out)
     done = _verified_parts(plan)
@@ -708,12 +564,6 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
     return result
 
 
-def _refuse_memory_output(client: Any, output_url: str) -> None:
-    from pipeline.run import refuse_memory_urls
-
-    refuse_memory_urls(client, {"output": output_url})
-
-
 def _unpublish(fs: Any, out: str) -> None:
     """The output is about to change: a reader must not take it for complete meanwhile."""
     from pipeline import artifacts
@@ -727,7 +577,7 @@ def _unpublish(fs: Any, out: str) -> None:
         except OSError as exc:
             if "NoSuchKey" not in str(exc) and "Not Found" not in str(exc):
                 raise
-    if artifacts._is_local(fs):
+    if artifacts.is_local(fs):
         fs.makedirs(out, exist_ok=True)
 
 
@@ -741,25 +591,13 @@ def _plan_for_tasks(plan: Plan) -> dict[str, Any]:
             "storage_options": plan.storage_options}
 
 
-def _input_meta(plan: Plan) -> Any:
-    import pandas as pd
-
-    if plan.source.format == "parquet":
-        import pyarrow.parquet as pq
-
-        with plan.source.fs.open(plan.source.files[0], "rb") as f:
-            schema = pq.read_schema(f)
-        return schema.empty_table().select(plan.read_columns).to_pandas()
-    return pd.DataFrame({c: pd.Series(dtype=plan.csv_dtypes.get(c, "float64"))
-                         for c in plan.read_columns})
-
-
 def _run_parts(client: Any, predictor: Any, plan: Plan, todo: list[Piece], started: float,
                progress_every: float, as_completed: Any) -> dict[int, dict[str, Any]]:
     import dask.dataframe as dd
 
     task_plan = _plan_for_tasks(plan)
-    raw = dd.from_map(_read_piece, todo, plan=task_plan, meta=_input_meta(plan),
+    raw = dd.from_map(_read_piece, todo, plan=task_plan,
+                      meta=pieces_meta(plan.source, plan.read_columns, plan.csv_dtypes),
                       divisions=[None] * (len(todo) + 1), enforce_metadata=False,
                       label="mlpipe-score-read")
     remote = _broadcast(predictor, client)

@@ -39,12 +39,20 @@ import operator
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.models import FAMILIES, GREATER_IS_BETTER, SCORERS
+from pipeline.models import FAMILIES, GREATER_IS_BETTER, SCORERS, family_rows
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from distributed import Client
+
+    from pipeline.config import JobSpec
+    from pipeline.steps import Prefix
 
 logger = logging.getLogger("pipeline")
 
@@ -105,10 +113,6 @@ def cv_splitter(task: str, folds: int, seed: int) -> Any:
     if task == "regression":
         return KFold(folds, shuffle=True, random_state=seed)
     return StratifiedKFold(folds, shuffle=True, random_state=seed)
-
-
-def family_rows(family: str, sample_rows: int) -> int:
-    return min(sample_rows, FAMILIES[family].get("max_rows", sample_rows))
 
 
 # --------------------------------------------------------------------------- grid / random
@@ -177,12 +181,19 @@ def _value(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v  # e.g. hidden_layer_sizes [64, 32]
 
 
+def selection_key(score: float | None, fit_seconds: float, primary: str) -> tuple[float, float]:
+    """The selection rule, as a sort key: the best mean score on the primary metric first,
+    ties broken by the lower fit time; a candidate without a score ranks last."""
+    if score is None or math.isnan(score):
+        return (math.inf, fit_seconds)
+    return (-score if GREATER_IS_BETTER[primary] else score, fit_seconds)
+
+
 def best_row(table: pd.DataFrame, primary: str) -> Any:
-    """The selection rule: best mean primary metric, ties by the lower mean fit time."""
-    score = table[f"mean_{primary}"].astype(float)
-    key = -score if GREATER_IS_BETTER[primary] else score
-    order = pd.DataFrame({"key": key.fillna(np.inf), "cost": table["mean_fit_time"]})
-    return order.sort_values(["key", "cost"], kind="stable").index[0]
+    """The index of the best row of a CV table (:func:`selection_key`; first of equals)."""
+    scores = table[f"mean_{primary}"].astype(float)
+    return min(table.index, key=lambda i: selection_key(
+        float(scores[i]), float(table.at[i, "mean_fit_time"]), primary))
 
 
 def _plain_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,8 +217,8 @@ def _float(value: Any) -> float | None:
 # --------------------------------------------------------------------------- full data
 
 
-def search_full(job: Any, params: Mapping[str, Any], full: tuple, n_classes: int | None,
-                client: Any) -> SearchResult:
+def search_full(job: JobSpec, params: Mapping[str, Any], prefix: Prefix,
+                n_classes: int | None, client: Client) -> SearchResult:
     """XGBoost candidates each trained with xgboost.dask on all training rows.
 
     Early stopping on the validation fold, which also scores the candidate (one score: the
@@ -217,15 +228,15 @@ def search_full(job: Any, params: Mapping[str, Any], full: tuple, n_classes: int
 
     from pipeline.evaluate import evaluate_predictions
     from pipeline.models import defaults
-    from pipeline.preprocess import tail_steps
+    from pipeline.steps import tail_steps
     from pipeline.train import fit_xgboost
 
     start = time.perf_counter()
     task, primary, search = job.data.task, job.primary_metric, job.search
-    _, P_train, y_train, P_valid, y_valid = full
+    y_train, y_valid = prefix.y_train, prefix.y_valid
     tail = Pipeline(tail_steps(job, "xgboost"))
-    T_train, T_valid = tail.fit_transform(P_train, y_train), None
-    T_valid = tail.transform(P_valid)
+    T_train = tail.fit_transform(prefix.X_train, y_train)
+    T_valid = tail.transform(prefix.X_valid)
     fixed, searched = split_grid(params)
     rows = []
     for candidate in candidates("full", searched, search.n_iter, search.seed):
@@ -437,9 +448,7 @@ class _Record:
             self.best = (float(np.mean(values)), float(np.std(values)), None)
 
     def order(self, primary: str) -> tuple[float, float]:
-        score = self.best[0]
-        key = -score if GREATER_IS_BETTER[primary] else score
-        return (np.inf if math.isnan(key) else key, self.fit_seconds)
+        return selection_key(self.best[0], self.fit_seconds, primary)
 
     def row(self, scoring: Mapping[str, str], budget: str) -> dict[str, Any]:
         folds = max(len(self.scores), 1)
@@ -678,3 +687,148 @@ def _cached(owner: Any, what: tuple, build: Any) -> Any:
         hit = _MATRICES[key] = (weakref.ref(owner, lambda _: _MATRICES.pop(key, None)),
                                 build())
     return hit[1]
+
+
+# --------------------------------------------------------------------------- a job's search
+
+
+def check_models(job: JobSpec) -> None:
+    """Every family's parameter names and values, checked before any data is read."""
+    from pipeline.models import defaults, inner_estimator, make_estimator
+    from pipeline.train import xgb_params
+
+    for family, params in job.models.items():
+        fixed, searched = split_grid(params)
+        first = {k: v[0] for k, v in searched.items() if isinstance(v, list)}
+        if family in ("xgboost", "random_forest"):
+            xgb_params({**defaults(family, job.data.task), **fixed, **first},
+                       task=job.data.task, n_classes=None, seed=job.search.seed, family=family)
+            continue
+        estimator = inner_estimator(make_estimator(family, job.data.task, {**fixed, **first}))
+        if hasattr(type(estimator), "_parameter_constraints"):
+            try:  # scikit-learn's own parameter constraints, without fitting
+                estimator._validate_params()
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"models.{family}: {exc}") from None
+
+
+def _candidate_count(params: Mapping[str, Any], n_iter: int) -> int:
+    if any(isinstance(v, dict) for v in params.values()):
+        return n_iter
+    return math.prod(len(v) for v in params.values() if isinstance(v, list))
+
+
+def needs_search(job: JobSpec) -> bool:
+    """A choice to make: several families, or a family with several candidates."""
+    counts = [_candidate_count(p, job.search.n_iter) for p in job.models.values()]
+    return len(counts) > 1 or counts[0] > 1
+
+
+def search_sample(job: JobSpec, train: Any, n_train: int) -> pd.DataFrame | None:
+    """The in-memory sample of training rows the search and the ``sample`` families use
+    (``search.sample_rows``), or None when nothing needs one."""
+    from pipeline.models import training_mode
+    from pipeline.split import sample_rows
+
+    if not needs_search(job) and all(training_mode(f, job.data.task) != "sample"
+                                     for f in job.models):
+        return None
+    return sample_rows(train, min(job.search.sample_rows, n_train), job.data.split.seed)
+
+
+def search_families(job: JobSpec, sample: pd.DataFrame | None, prefix: Prefix,
+                    feature_columns: Sequence[str], classes: Sequence[Any] | None,
+                    client: Client, lap: Callable[[str, str], None] | None = None
+                    ) -> dict[str, SearchResult]:
+    """Each family's best candidate (no CV at all when there is nothing to choose between).
+
+    Families search the in-memory ``sample`` with k-fold CV (:func:`search_family`), except
+    XGBoost under ``search.strategy: full`` (:func:`search_full` on the ``prefix``'s rows).
+    ``lap(stage, message)`` is called as each family's search ends.
+    """
+    from sklearn.pipeline import Pipeline
+
+    from pipeline.evaluate import fmt_metric
+    from pipeline.models import make_estimator
+    from pipeline.steps import build_preprocessor, target
+
+    task, search = job.data.task, job.search
+    if not needs_search(job):
+        family = next(iter(job.models))
+        return {family: SearchResult(
+            family=family, method="none", best_params=dict(job.models[family]), cv_mean=None,
+            cv_std=None, fit_seconds=0.0, candidates=1, cv_results=pd.DataFrame())}
+    y = np.asarray(target(sample, job, classes))
+    X = sample[list(feature_columns)]
+    n_classes = len(classes) if classes else None
+    out = {}
+    for family, params in job.models.items():
+        if search.strategy == "full" and family == "xgboost":
+            found = search_full(job, params, prefix, n_classes, client)
+        else:
+            fixed, _ = split_grid(params)
+            pipeline = Pipeline(build_preprocessor(job, feature_columns, family, n_classes).steps
+                                + [("model", make_estimator(family, task, fixed, search.seed))])
+            rows = family_rows(family, search.sample_rows)
+            # a family capped below the sample (kernel SVM, kNN) gets a random share of it,
+            # not its first rows (the sample is in partition order: often time order)
+            take = (np.sort(np.random.default_rng(search.seed).permutation(len(X))[:rows])
+                    if rows < len(X) else slice(None))
+            found = search_family(
+                family, pipeline, X.iloc[take], y[take], params=params, task=task,
+                primary=job.primary_metric, method=search.method, cv=search.cv,
+                n_iter=search.n_iter, factor=search.factor, seed=search.seed, client=client,
+                patience=job.train.early_stopping_rounds, budget=search.budget)
+        spread = f" ± {found.cv_std:.4f}" if found.cv_std is not None else ""
+        if lap is not None:
+            lap(f"search:{family}", f"{family}: {found.candidates} candidate(s), {found.method} "
+                f"search, best {job.primary_metric} = {fmt_metric(found.cv_mean)}{spread}")
+        out[family] = found
+    return out
+
+
+def choose(searches: Mapping[str, SearchResult], primary: str) -> str:
+    """The winning family: :func:`selection_key` on each family's best CV score."""
+    return min(searches, key=lambda family: selection_key(
+        searches[family].cv_mean, searches[family].fit_seconds, primary))
+
+
+def cv_table(searches: Mapping[str, SearchResult]) -> pd.DataFrame:
+    """Every family's CV results in one table (parameters as JSON text)."""
+    import json
+
+    tables = [found.cv_results.assign(params=lambda d: d["params"].map(
+        lambda p: json.dumps(p, sort_keys=True, default=str)))
+        for found in searches.values() if len(found.cv_results)]
+    if not tables:
+        return pd.DataFrame({"family": pd.Series(dtype="str"),
+                             "params": pd.Series(dtype="str")})
+    return pd.concat(tables, ignore_index=True)
+
+
+def search_files(searches: Mapping[str, SearchResult]) -> dict[str, bytes]:
+    """The search stage as files (for the resume store); :func:`load_searches` reads them."""
+    from pipeline.artifacts import json_bytes, parquet_bytes
+
+    return {"search.json": json_bytes({f: r.to_json() for f, r in searches.items()}),
+            "cv_results.parquet": parquet_bytes(cv_table(searches))}
+
+
+def load_searches(files: Mapping[str, bytes]) -> dict[str, SearchResult]:
+    """The search stage written by :func:`search_files`."""
+    import io
+    import json
+
+    docs = json.loads(files["search.json"])
+    table = pd.read_parquet(io.BytesIO(files["cv_results.parquet"]))
+    out = {}
+    for family, doc in docs.items():
+        rows = table[table["family"] == family].copy() if "family" in table else table.iloc[:0]
+        if len(rows):
+            rows["params"] = rows["params"].map(json.loads)
+        out[family] = SearchResult(
+            family=family, method=doc["method"], best_params=doc["best_params"],
+            cv_mean=doc["cv_mean"], cv_std=doc["cv_std"], fit_seconds=doc["fit_seconds"],
+            candidates=doc["candidates"], cv_results=rows.reset_index(drop=True),
+            seconds=doc["seconds"])
+    return out

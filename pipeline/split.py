@@ -15,23 +15,18 @@ Each row gets a fold: ``TRAIN``, ``VALID`` (kept aside for early stopping) or ``
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.frames import mix_hash
+
+if TYPE_CHECKING:
+    from pipeline.config import JobSpec
+
 TRAIN, VALID, HOLDOUT = 0, 1, 2
 FOLD = "__fold__"
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(h: np.ndarray, seed: int) -> np.ndarray:
-    """splitmix64 finaliser of (h + seed * golden): well-spread 64-bit draws."""
-    with np.errstate(over="ignore"):
-        z = h + np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
 
 
 def _uniform(h: np.ndarray) -> np.ndarray:
@@ -54,7 +49,7 @@ def _take(u: np.ndarray, labels: np.ndarray | None, share: float, seed: int) -> 
     for code in range(len(codes)):
         rows = np.flatnonzero(inverse == code)
         # the offset comes from the class's own draws: deterministic, partition-index free
-        offset = float(_uniform(_mix(np.array([np.uint64(len(rows))]), seed + code))[0])
+        offset = float(_uniform(mix_hash(np.array([np.uint64(len(rows))]), seed + code))[0])
         offset = (offset + float(u[rows].min())) % 1.0
         mask[rows] = _systematic(u[rows], share, offset)
     return mask
@@ -75,11 +70,11 @@ def fold_partition(df: Any, *, target: str, holdout: float, validation: float, s
     if time_column is not None:
         is_holdout = (df[time_column] > cutoff).to_numpy(dtype=bool, na_value=False)
     else:
-        is_holdout = _take(_uniform(_mix(hashed, seed)), labels, holdout, seed)
+        is_holdout = _take(_uniform(mix_hash(hashed, seed)), labels, holdout, seed)
     folds[is_holdout] = HOLDOUT
     rest = np.flatnonzero(~is_holdout)
     if len(rest):
-        u = _uniform(_mix(hashed[rest], seed + 7919))
+        u = _uniform(mix_hash(hashed[rest], seed + 7919))
         valid = _take(u, None if labels is None else labels[rest], validation, seed + 7919)
         folds[rest[valid]] = VALID
     return pd.Series(folds, index=df.index, name=FOLD)
@@ -106,3 +101,49 @@ def assign_folds(ddf: Any, *, target: str, task: str, holdout: float, validation
 
 def _with_fold(df: Any, **kwargs: Any) -> Any:
     return df.assign(**{FOLD: fold_partition(df, **kwargs).to_numpy()})
+
+
+@dataclass
+class Parts:
+    """The three sides of a job's split (lazy dask frames, without the fold column)."""
+
+    train: Any
+    valid: Any
+    holdout: Any
+
+
+def split_job(ddf: Any, job: JobSpec, cutoff: Any = None) -> Parts:
+    """The job's train / validation / holdout split (``data.split``) of ``ddf``.
+
+    ``cutoff``: the time that starts the holdout when ``data.split.by`` names a time column
+    (:attr:`pipeline.load.Summary.time_cutoff`).
+    """
+    data = job.data
+    framed = assign_folds(ddf, target=data.target, task=data.task, holdout=data.split.holdout,
+                          validation=data.split.validation, seed=data.split.seed,
+                          stratify=data.split.stratify, time_column=data.split.by,
+                          cutoff=cutoff)
+    side = {code: framed[framed[FOLD] == code].drop(columns=[FOLD])
+            for code in (TRAIN, VALID, HOLDOUT)}
+    return Parts(train=side[TRAIN], valid=side[VALID], holdout=side[HOLDOUT])
+
+
+def sample_rows(frame: Any, rows: int, seed: int) -> Any:
+    """About ``rows`` rows of ``frame`` as one pandas frame, chosen by content hash (the same on
+    any partitioning), in a random but stable order (so "the first n rows" are random too)."""
+    import pandas as pd
+
+    from pipeline.frames import compute, reduce_partitions, row_hash
+
+    (n,) = compute(frame.shape[0])
+    share = min(1.0, rows / max(int(n), 1))
+    threshold = np.uint64(min(int(share * 2**64), 2**64 - 1))
+
+    def keep(df: Any) -> Any:
+        if share >= 1:
+            return df
+        return df[row_hash(df, seed + 31) <= threshold]
+
+    (sample,) = compute(reduce_partitions(frame, keep, lambda *p: pd.concat(p)))
+    order = np.argsort(row_hash(sample, seed + 37), kind="stable")
+    return sample.iloc[order].reset_index(drop=True)

@@ -19,9 +19,15 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from pipeline.config import JobSpec
+    from pipeline.steps import Prefix
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +67,7 @@ def xgb_params(params: Mapping[str, Any], *, task: str, n_classes: int | None,
     >>> p["objective"], p["max_depth"], n
     ('binary:logistic', 4, 50)
     """
-    import difflib
-
+    from pipeline.errors import did_you_mean
     from pipeline.models import estimator_class
 
     given = {k: v for k, v in params.items() if k not in _MANAGED}
@@ -71,8 +76,7 @@ def xgb_params(params: Mapping[str, Any], *, task: str, n_classes: int | None,
     known = set(cls().get_params())
     for name in given:
         if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, sorted(known))
             raise ValueError(f"models.{family}: unknown parameter {name!r}{hint} (parameters "
                              f"of {cls.__name__}: {', '.join(sorted(known))})")
     model = cls(**given)
@@ -406,3 +410,129 @@ def _fit_incremental(estimator: Any, X: Any, y: Any, n_classes: int | None, epoc
     for _ in range(epochs):
         wrapper.partial_fit(Xa, ya, **extra)
     return wrapper.estimator_, rows
+
+
+# --------------------------------------------------------------------------- a job's family
+
+
+@dataclass
+class FamilyFit:
+    """One family's best candidate refitted on all training rows, and how it did."""
+
+    search: Any  # the family's pipeline.select.SearchResult
+    refit: Refit
+    predictor: Any  # pipeline.predictor.Predictor: the whole preprocessing + the model
+    holdout: dict[str, Any]  # metrics (pipeline.evaluate), with the job's slices
+    train: dict[str, Any]  # metrics on the overfit check's training rows
+    peak_memory: int | None  # the cluster's peak process memory while fitting
+    predict_seconds: float  # scoring holdout + training rows (one compute)
+
+    @property
+    def predicted_rows(self) -> int:
+        return int(self.holdout.get("n") or 0) + int(self.train.get("n") or 0)
+
+    def files(self) -> dict[str, bytes]:
+        """The fit as files for the resume store (:func:`load_family` reads them back)."""
+        from pipeline.artifacts import dumps_skops, json_bytes, model_bytes
+
+        refit = self.refit
+        name, data = model_bytes(refit.model)
+        doc = {"fit": {"training": refit.training, "params": refit.params,
+                       "seconds": refit.seconds, "rows": refit.rows, "details": refit.details},
+               "holdout": self.holdout, "train": self.train,
+               "peak_memory": self.peak_memory, "predict_seconds": self.predict_seconds}
+        return {name: data, "preprocessor.skops": dumps_skops(self.predictor.preprocessor),
+                "entry.json": json_bytes(doc)}
+
+
+def load_family(files: Mapping[str, bytes], found: Any, job: JobSpec,
+                classes: Any) -> FamilyFit:
+    """A :class:`FamilyFit` written by :meth:`FamilyFit.files`."""
+    import json
+
+    from pipeline.artifacts import loads_skops
+    from pipeline.predictor import Predictor
+
+    doc = json.loads(files["entry.json"])
+    if "model.ubj" in files:
+        import xgboost
+
+        model = xgboost.Booster()
+        model.load_model(bytearray(files["model.ubj"]))
+    else:
+        model = loads_skops(files["model.skops"], f"stage {found.family}")
+    fit = doc["fit"]
+    refit = Refit(found.family, fit["training"], model, fit["params"], fit["seconds"],
+                  fit["rows"], fit["details"])
+    predictor = Predictor(task=job.data.task, target=job.data.target, classes=classes,
+                          preprocessor=loads_skops(files["preprocessor.skops"],
+                                                   f"stage {found.family}"),
+                          model=model, threshold=job.evaluate.threshold, family=found.family)
+    return FamilyFit(found, refit, predictor, doc["holdout"], doc["train"],
+                     doc["peak_memory"], doc["predict_seconds"])
+
+
+def refit_family(job: JobSpec, found: Any, prefix: Prefix, sample: Any, holdout: Any,
+                 train_rows: Any, classes: Any, client: Client,
+                 checkpoint: tuple[Any, str] | None = None) -> FamilyFit:
+    """Refit a family's best candidate (``found``) on all training rows, its own way, and
+    evaluate it on the holdout and on ``train_rows`` in one compute.
+
+    ``prefix``: the shared preprocessing fitted on the training rows (its outputs persisted);
+    the family's tail is fitted here on them. ``sample``: the in-memory sample of raw
+    training rows (``sample`` families train on it). ``checkpoint``: where boosting
+    checkpoints go (:func:`fit_xgboost`).
+    """
+    from sklearn.pipeline import Pipeline
+
+    from pipeline.evaluate import evaluate_predictor
+    from pipeline.models import family_rows, training_mode
+    from pipeline.predictor import Predictor
+    from pipeline.steps import tail_steps, target
+
+    family, task = found.family, job.data.task
+    tail = Pipeline(tail_steps(job, family))
+    X_train = tail.fit_transform(prefix.X_train, prefix.y_train)
+    X_valid = tail.transform(prefix.X_valid)
+    sample_Xy = None
+    if training_mode(family, task) == "sample":
+        rows = sample.head(family_rows(family, job.search.sample_rows))
+        sample_Xy = (tail.transform(prefix.pipeline.transform(rows)),
+                     np.asarray(target(rows, job, classes)))
+    with _PeakMemory(client) as peak:
+        fitted = refit(family, task, found.best_params, X_train=X_train,
+                       y_train=prefix.y_train, X_valid=X_valid, y_valid=prefix.y_valid,
+                       sample=sample_Xy, n_classes=len(classes) if classes else None,
+                       early_stopping_rounds=job.train.early_stopping_rounds,
+                       seed=job.search.seed, client=client, retries=job.train.retries,
+                       checkpoint=checkpoint, checkpoint_every=job.train.checkpoint_every)
+    predictor = Predictor(task=task, target=job.data.target, classes=classes,
+                          preprocessor=Pipeline(prefix.pipeline.steps + tail.steps),
+                          model=fitted.model, threshold=job.evaluate.threshold, family=family)
+    clock = time.perf_counter()
+    metrics = evaluate_predictor(predictor, {"holdout": (holdout, True),
+                                             "train": (train_rows, False)}, job, client)
+    return FamilyFit(found, fitted, predictor, metrics["holdout"], metrics["train"],
+                     peak.bytes, time.perf_counter() - clock)
+
+
+class _PeakMemory:
+    """The cluster's peak process memory while the block runs (distributed's sampler)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.bytes: int | None = None
+
+    def __enter__(self) -> _PeakMemory:
+        from distributed.diagnostics import MemorySampler
+
+        self._sampler = MemorySampler()
+        self._context = self._sampler.sample("fit", client=self.client, measure="process",
+                                             interval=0.25)
+        self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._context.__exit__(*exc)
+        series = self._sampler.to_pandas()
+        self.bytes = int(series.max().max()) if len(series) else None

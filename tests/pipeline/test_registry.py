@@ -76,7 +76,7 @@ def test_only_complete_untampered_runs_of_the_model_are_promoted(root: str) -> N
     make_run(root, "good")
     make_run(root, "other", name="another-model")
     fs, base = artifacts.filesystem(artifacts.join(root, "runs", "half"))
-    if artifacts._is_local(fs):
+    if artifacts.is_local(fs):
         fs.makedirs(base, exist_ok=True)
     fs.pipe_file(artifacts.join(base, "model.ubj"), b"partial")
     with pytest.raises(BundleError, match="did not complete"):
@@ -165,10 +165,10 @@ def test_cleanup(root: str, capsys: pytest.CaptureFixture) -> None:
     make_run(root, "done")
     fs, base = artifacts.filesystem(root)
     for run_id in ("killed", "running"):
-        if artifacts._is_local(fs):
+        if artifacts.is_local(fs):
             fs.makedirs(artifacts.join(base, "runs", run_id), exist_ok=True)
         fs.pipe_file(artifacts.join(base, "runs", run_id, "model.ubj"), b"partial")
-    local = artifacts._is_local(fs)
+    local = artifacts.is_local(fs)
     if local:  # an old killed run; the "running" one was written just now
         old = time.time() - 3 * 86400
         os.utime(artifacts.join(base, "runs", "killed", "model.ubj"), (old, old))

@@ -33,7 +33,7 @@ def job(**models: dict) -> object:
 def pipeline_for(family: str, task: str = "binary", **fixed: object) -> object:
     from sklearn.pipeline import Pipeline
 
-    from pipeline.preprocess import tail_steps
+    from pipeline.steps import tail_steps
 
     spec = job()
     return Pipeline(tail_steps(spec, family)

@@ -1,4 +1,6 @@
-"""Completed stages of a run, kept on the output store so a rerun can skip them.
+"""The resume cache: the outputs of the stages a run completed, kept on the output store so
+that a rerun can skip them. (The stages themselves are the modules of :mod:`pipeline`; this
+only remembers which of them finished, and what they wrote.)
 
 A run that dies half-way (the scheduler killed, the laptop closed) loses its cluster memory,
 but not what it wrote here. Rerunning the same job on the same data finds the stages that
@@ -19,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.artifacts import _is_local, atomic_write, filesystem, join, sha256, utcnow
+from pipeline.artifacts import atomic_write, filesystem, is_local, join, sha256, utcnow
 
 logger = logging.getLogger("pipeline")
 
@@ -35,7 +37,7 @@ def stage_key(job: Any, data_fingerprint: str) -> str:
 
 @dataclass
 class StageStore:
-    """The stages of one (job, data) pair under ``<root>/stages/<key>``."""
+    """The completed stages of one (job, data) pair under ``<root>/stages/<key>``."""
 
     root: str
     key: str
@@ -73,7 +75,7 @@ class StageStore:
         """Write a stage's files, then its manifest (last)."""
         fs, base = self._fs()
         folder = join(base, _safe(stage))
-        if _is_local(fs):
+        if is_local(fs):
             fs.makedirs(folder, exist_ok=True)
         for name, data in files.items():
             atomic_write(fs, join(folder, name), data)
