@@ -317,66 +317,6 @@ def test_encoding_a_numeric_column_is_refused_before_compute() -> None:
         CategoricalEncoder({"x": {"method": "onehot"}}).fit(lazy)
     with pytest.raises(SchemaError, match="'kk', which is not a column here; did you mean 'k'"):
         CategoricalEncoder({"kk": {"method": "onehot"}}).fit(lazy)
-    with pytest.raises(SchemaError, match="a str column; it needs a numeric column"):
-        KernelFeatures([{"kernel": "log1p", "columns": ["k"]}]).fit(lazy)
-
-
-# --------------------------------------------------------------------------- features
-
-
-def test_kernel_features_dask_equals_pandas_and_references() -> None:
-    df = frame()
-    df["cust"] = np.random.default_rng(2).integers(0, 40, len(df))
-    df["t"] = np.arange(len(df))
-    specs = [
-        {"kernel": "log1p", "columns": ["big"]},
-        {"kernel": "yeo_johnson", "columns": ["x"]},
-        {"kernel": "count", "columns": ["many"], "normalize": False},
-        {"kernel": "ratio", "columns": ["x", "count"], "pairs": [("x", "count")]},
-        {"kernel": "bin", "columns": ["big"], "n_bins": 10},
-        {"kernel": "hash", "columns": ["k"], "n_buckets": 16},
-    ]
-    kf = dask_equals_pandas(lambda: KernelFeatures(specs), df)
-    out = kf.transform(df)
-    np.testing.assert_allclose(out["big"], np.log1p(df["big"]), rtol=1e-12)
-    assert (out["many__count"] == df["many"].map(df["many"].value_counts())).all()
-    from scipy import stats
-
-    lmbda = stats.yeojohnson_normmax(df["x"].dropna().to_numpy())
-    assert kf.lambdas_["x"] == pytest.approx(lmbda, rel=1e-3)
-    # features apply in order: the ratio sees the transformed x, the bins log1p(big)
-    x_yj = stats.yeojohnson(df["x"].to_numpy(), kf.lambdas_["x"])
-    ratio = x_yj / df["count"].replace(0, np.nan)
-    np.testing.assert_allclose(out["x__ratio__count"], ratio, rtol=1e-9)
-    logged = np.log1p(df["big"])
-    edges = np.unique(np.quantile(logged, np.linspace(0, 1, 11)[1:-1]))
-    # the same order statistics; numpy's linear interpolation may round the last bit apart
-    np.testing.assert_allclose(kf.edges_["big"], edges, rtol=4 * np.finfo(float).eps, atol=0)
-    assert (out["big__bin"] == np.searchsorted(kf.edges_["big"], logged, side="right")).all()
-    assert kf.kernels_used_ == sorted({"signed_log1p", "yeo_johnson", "yeo_johnson_lambda",
-                                       "count_encode", "pairwise", "bin_index", "hash_bytes"})
-
-
-def test_window_features_match_pandas_rolling() -> None:
-    rng = np.random.default_rng(5)
-    n = 600
-    df = pd.DataFrame({"cust": rng.integers(0, 30, n), "t": rng.permutation(n).astype(float),
-                       "v": rng.normal(size=n)})
-    kf = KernelFeatures([{"kernel": "rolling", "columns": ["v"], "key": "cust", "time": "t",
-                          "window": 3, "stats": ["mean", "std", "count"]},
-                         {"kernel": "lag", "columns": ["v"], "key": "cust", "time": "t",
-                          "lag": 2}], drop=["cust", "t"]).fit(df)
-    out = kf.transform(df)
-    assert "cust" not in out.columns
-    ordered = df.sort_values(["cust", "t"])
-    shifted = ordered.groupby("cust")["v"].shift(1)
-    roll = shifted.groupby(ordered["cust"]).rolling(3, min_periods=1)
-    np.testing.assert_allclose(out.loc[ordered.index, "v__roll3_mean"],
-                               roll.mean().droplevel(0).loc[ordered.index], rtol=1e-10)
-    np.testing.assert_allclose(out.loc[ordered.index, "v__roll3_std"],
-                               roll.std().droplevel(0).loc[ordered.index], rtol=1e-8)
-    np.testing.assert_allclose(out.loc[ordered.index, "v__lag2"],
-                               ordered.groupby("cust")["v"].shift(2), rtol=0)
 
 
 def test_fitted_pipeline_survives_skops() -> None:
