@@ -64,7 +64,8 @@ def run(scale: float = 1.0) -> list[dict]:
     from sklearn.model_selection import GridSearchCV
 
     import cluster
-    from pipeline.select import cv_splitter, search_family
+    from pipeline.models import cv_splitter
+    from pipeline.select import search_family
 
     job = _job()
     rows = []

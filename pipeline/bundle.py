@@ -52,7 +52,7 @@ def write(job: JobSpec, training: Training, rows: Mapping[str, int], winner: str
     """
     import cluster
     from pipeline import artifacts
-    from pipeline.evaluate import headline, overfit_check
+    from pipeline.evaluate import headline, model_warnings, overfit_check
     from pipeline.report import PERFORMANCE_REPORT
     from pipeline.select import cv_table
 
@@ -77,6 +77,7 @@ def write(job: JobSpec, training: Training, rows: Mapping[str, int], winner: str
                        "dropped": [d for _, step in prep.steps
                                    for d in getattr(step, "dropped_", [])],
                        "duplicates_removed": training.duplicates},
+        "warnings": model_warnings(chosen, task),
         "timings": timings,
     }
     schema = schema_doc(job, training, winner, predictor, sample)

@@ -294,7 +294,18 @@ class SearchSpec(_Spec):
 class TrainSpec(_Spec):
     """The final distributed fit."""
 
+    #: boosting rounds without improvement of the validation loss (log loss, multi-class log
+    #: loss or RMSE: a proper scoring rule, never a saturating metric such as AUC) after
+    #: which boosting stops; null: never stop early.
     early_stopping_rounds: int | None = Field(20, ge=1)
+    #: an improvement is a drop of the validation loss by more than this (0: any drop).
+    min_delta: float = Field(0.0, ge=0.0)
+    #: below this many training + validation rows, an XGBoost family's boosting rounds are
+    #: chosen by k-fold CV on those rows (folds trained in parallel on the cluster) and the
+    #: model is refit on all of them; from this size on, a validation split stops boosting.
+    cv_rounds_below: int = Field(50_000, ge=0)
+    #: folds of that CV.
+    cv_rounds_folds: int = Field(5, ge=2, le=20)
     #: retries of the whole training step after a lost worker.
     retries: int = Field(2, ge=0, le=10)
     #: write a boosting checkpoint every N rounds (0: never).

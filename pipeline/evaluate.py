@@ -83,6 +83,7 @@ __all__ = [
     "fmt_metric",
     "headline",
     "leaderboard",
+    "model_warnings",
     "operating_point",
     "overfit_check",
     "overfit_rows",
@@ -1345,6 +1346,7 @@ def leaderboard(fits: Mapping[str, Any], winner: str, job: JobSpec) -> list[dict
             "search_seconds": round(found.seconds, 3),
             "predict_rows_per_s": round(fit.predicted_rows / max(fit.predict_seconds, 1e-9)),
             "peak_memory_bytes": fit.peak_memory,
+            "warnings": model_warnings(fit, task),
         })
     return rows
 
@@ -1354,3 +1356,65 @@ def fmt_metric(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4f}"
+
+
+#: a boosted model that kept fewer trees than this is reported (early stopping stopped it
+#: almost at once: the validation rows were too few, or the features say nothing).
+FEW_TREES = 10
+
+
+def model_warnings(fit: Any, task: str) -> list[str]:
+    """What is suspicious about a family's model (a :class:`pipeline.train.FamilyFit`):
+    boosting kept fewer than :data:`FEW_TREES` trees, or on the holdout the model is no better
+    than a constant prediction (the holdout's own class shares or mean, the best constant
+    there is) or predicts one class for every row.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as NS
+    >>> fit = NS(refit=NS(details={"trees": 1}), holdout={"n": 4, "positives": 2,
+    ...          "log_loss": 0.6, "roc_auc": 0.9, "confusion": {"tn": 2, "fp": 0, "fn": 2,
+    ...          "tp": 0}})
+    >>> [w.split(":")[0] for w in model_warnings(fit, "binary")]
+    ['only 1 tree(s) kept', 'one class for every row']
+    """
+    out = []
+    trees = fit.refit.details.get("trees")
+    if trees is not None and trees < FEW_TREES:
+        out.append(f"only {trees} tree(s) kept: boosting stopped almost at once; too few "
+                   "validation rows, or the features say little about the target")
+    holdout = fit.holdout
+    loss, constant = holdout.get("log_loss"), _constant_log_loss(holdout, task)
+    if loss is not None and constant is not None and loss >= constant:
+        out.append(f"holdout log loss {loss:.4f} is no better than a constant prediction of "
+                   f"the class shares ({constant:.4f})")
+    if task == "binary" and holdout.get("roc_auc") is not None and holdout["roc_auc"] <= 0.5:
+        out.append(f"holdout ROC AUC {holdout['roc_auc']:.4f}: no better than chance")
+    if task == "regression" and holdout.get("r2") is not None and holdout["r2"] <= 0:
+        out.append(f"holdout R² {holdout['r2']:.4f}: no better than predicting the mean")
+    if task != "regression" and _one_class(holdout.get("confusion")):
+        out.append("one class for every row: the model predicts the same class for every "
+                   "holdout row")
+    return out
+
+
+def _constant_log_loss(holdout: Mapping[str, Any], task: str) -> float | None:
+    """The log loss of predicting the holdout's own class shares for every row."""
+    if task == "binary" and holdout.get("n"):
+        shares = [holdout["positives"] / holdout["n"]]
+        shares.append(1.0 - shares[0])
+    elif task == "multiclass" and holdout.get("class_balance"):
+        shares = [c["fraction"] for c in holdout["class_balance"].values()]
+    else:
+        return None
+    return float(-sum(p * math.log(p) for p in shares if p > 0))
+
+
+def _one_class(confusion: Any) -> bool:
+    if isinstance(confusion, dict):  # binary: predicted positive never, or always
+        return confusion.get("tp", 0) + confusion.get("fp", 0) == 0 or \
+            confusion.get("tn", 0) + confusion.get("fn", 0) == 0
+    if isinstance(confusion, list) and confusion:  # multiclass: rows true, columns predicted
+        predicted = np.asarray(confusion).sum(axis=0)
+        return int((predicted > 0).sum()) <= 1
+    return False

@@ -180,6 +180,15 @@ SCORERS = {
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
 
 
+def cv_splitter(task: str, folds: int, seed: int) -> Any:
+    """The k-fold splitter of every CV of ours: stratified for classification, shuffled."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if task == "regression":
+        return KFold(folds, shuffle=True, random_state=seed)
+    return StratifiedKFold(folds, shuffle=True, random_state=seed)
+
+
 def training_mode(family: str, task: str) -> str:
     """``distributed``, ``incremental`` or ``sample`` for this family and task."""
     mode = FAMILIES[family]["training"]

@@ -334,6 +334,7 @@ def _context(docs: Mapping[str, Any]) -> dict[str, Any]:
         "overfit": _overfit(metrics.get("overfit")),
         "slices": _slices(holdout, primary, task),
         "notes": _notes(holdout),
+        "warnings": list(metrics.get("warnings") or []),
         "sample_rows": int(len(sample)) if sample is not None else 0,
         "binary": None, "multiclass": None, "regression": None,
     }
@@ -541,6 +542,7 @@ def _leaderboard(rows: Any, task: str) -> dict[str, Any] | None:
             "predict_rows_per_s": row.get("predict_rows_per_s"),
             "peak_memory_bytes": row.get("peak_memory_bytes"),
             "params": ", ".join(f"{k}={_plain(v)}" for k, v in (row.get("params") or {}).items()),
+            "warnings": list(row.get("warnings") or []),
         })
     return {"rows": out, "metrics": metric_names,
             "cv_metric": next(iter(cv_metrics)) if len(cv_metrics) == 1 else None,
@@ -566,6 +568,10 @@ def _model(job: Mapping[str, Any], metrics: Mapping[str, Any],
         if rounds and rounds != model["trees"]:
             kept += f" of {rounds:,} rounds run (cut at the best validation round)"
         facts.append(("trees kept", kept))
+    if model.get("rounds_from"):
+        facts.append(("rounds chosen by", model["rounds_from"]))
+    if model.get("refit"):
+        facts.append(("bundled model", model["refit"]))
     stop = _get(job, "train", "early_stopping_rounds")
     if stop and curve:
         facts.append(("early stopping", f"after {stop} rounds without improvement on the "

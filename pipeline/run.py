@@ -79,6 +79,8 @@ class RunResult:
                          + " ".join(f"{fmt_metric(row['holdout'].get(n)):>9}" for n in names)
                          + f" {gap:>8} {row['fit_seconds']:>7.1f} "
                          f"{row['predict_rows_per_s']:>10,} {peak:>8}")
+        lines += [f"warning: {row['family']}: {text}"
+                  for row in self.leaderboard for text in row.get("warnings", [])]
         return "\n".join(lines)
 
 
@@ -197,9 +199,10 @@ def _stages(job: JobSpec, client: Client, watch: Stopwatch,
                                            classes=classes))
     del prefix  # release the training matrices on the workers
     winner = select.choose(searches, job.primary_metric)
-    chosen = evaluate.operating_point(job, fits[winner], parts, train_rows, client)
-    fits[winner] = chosen
+    chosen = fits[winner] = evaluate.operating_point(job, fits[winner], parts, train_rows,
+                                                     client)
     board = evaluate.leaderboard(fits, winner, job)
+    _warn(board)
     watch.lap("evaluate", f"chosen: {winner}; holdout {job.primary_metric} = "
                           f"{evaluate.fmt_metric(chosen.holdout.get(job.primary_metric))}")
     published = bundle.write(job, training, rows, winner, chosen, searches, board,
@@ -240,6 +243,12 @@ def _cached(store: StageStore, stage: str, watch: Stopwatch, done: str,
     value = make()
     store.put(stage, dump(value))
     return value
+
+
+def _warn(board: list[dict[str, Any]]) -> None:
+    for row in board:
+        for text in row["warnings"]:
+            logger.warning("%s: %s", row["family"], text)
 
 
 def _planned(training: Any, url: str) -> str:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline.models import FAMILIES, GREATER_IS_BETTER, SCORERS, family_rows
+from pipeline.models import FAMILIES, GREATER_IS_BETTER, SCORERS, cv_splitter, family_rows
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -105,14 +105,6 @@ def scorers(task: str, primary: str) -> dict[str, str]:
     """{our metric name: scikit-learn scorer}, the primary metric first."""
     names = [primary] + [m for m in CV_METRICS[task] if m != primary]
     return {name: SCORERS[name] for name in names}
-
-
-def cv_splitter(task: str, folds: int, seed: int) -> Any:
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    if task == "regression":
-        return KFold(folds, shuffle=True, random_state=seed)
-    return StratifiedKFold(folds, shuffle=True, random_state=seed)
 
 
 # --------------------------------------------------------------------------- grid / random
@@ -410,6 +402,7 @@ class _Record:
         self.rung, self.budget, self.fit_seconds = 0, 0, 0.0
         self.scores: dict[int, dict[str, float]] = {}
         self.curves: dict[int, dict[int, float]] = {}
+        self.losses: dict[int, dict[int, float]] = {}  # boosting: the loss at each checkpoint
         self.done = False
         self.best: tuple[float, float, int | None] = (math.nan, math.nan, None)
 
@@ -420,14 +413,20 @@ class _Record:
         self.scores[fold] = summary["scores"]
         if continued:
             self.curves.setdefault(fold, {}).update(summary["curve"])
+            self.losses.setdefault(fold, {}).update(summary.get("losses", {}))
         else:
             self.curves[fold] = dict(summary["curve"])
+            self.losses[fold] = dict(summary.get("losses", {}))
         self.fit_seconds += summary["seconds"]
 
     def settle(self, primary: str, folds: int, own: int, patience: int | None,
                continued: bool) -> None:
         """This rung's score: the mean over folds (at the best checkpoint, for boosting).
 
+        For boosting, the best checkpoint is the one with the lowest mean loss over the folds
+        (log loss, multi-class log loss or RMSE, as the final fit's early stopping watches), and
+        the score is the primary metric's mean there: a saturating primary metric (AUC at 1.0
+        after a few rounds on a small fold) would otherwise pick a handful of trees.
         ``continued``: the budget is boosting rounds, so a candidate whose fits stopped early
         (or stalled for ``patience`` rounds) has had all the rounds it can use.
         """
@@ -435,8 +434,12 @@ class _Record:
         if self.curves.get(0):
             rounds = sorted(set.intersection(*(set(c) for c in self.curves.values())))
             means = [np.mean([self.curves[f][r] for f in range(folds)]) for r in rounds]
-            sign = 1.0 if GREATER_IS_BETTER[primary] else -1.0
-            k = int(np.argmax([sign * m for m in means]))
+            if all(set(rounds) <= set(self.losses.get(f, {})) for f in range(folds)):
+                k = int(np.argmin([np.mean([self.losses[f][r] for f in range(folds)])
+                                   for r in rounds]))
+            else:
+                sign = 1.0 if GREATER_IS_BETTER[primary] else -1.0
+                k = int(np.argmax([sign * m for m in means]))
             spread = float(np.std([self.curves[f][rounds[k]] for f in range(folds)]))
             self.best = (float(means[k]), spread, rounds[k])
             if continued:
@@ -515,7 +518,7 @@ def _rung_fit(fold: tuple[Any, np.ndarray, Any, np.ndarray], model: Any,
         boost = _Boosting(fold, scoring, primary, step, patience, state and state[1],
                           rows=amount if budget == "rows" else None)
         booster = boost.fit(fitted, state and state[0], rounds)
-        summary = {"scores": boost.scores, "curve": boost.curve,
+        summary = {"scores": boost.scores, "curve": boost.curve, "losses": boost.losses,
                    "seconds": time.perf_counter() - start - boost.scoring_seconds}
         return summary, (booster, boost.best) if budget == "rounds" else None
     if budget == "rows":  # a bigger training set: nothing to continue, fit afresh
@@ -561,7 +564,9 @@ class _Boosting:
     and each continuation would build its own, more than a short rung's training costs). A
     training callback scores the primary metric on the test fold after each checkpoint's
     rounds and, with ``patience``, stops the fit once that many rounds have passed without a
-    better score. At a checkpoint the score is XGBoost's own metric where it has the primary
+    lower loss (:data:`_LOSS`: a proper scoring rule, as the final fit's early stopping
+    watches; the primary metric where the objective has none). At a checkpoint the score is
+    XGBoost's own metric where it has the primary
     one (:data:`_NATIVE`: computed in C++ on predictions it updates tree by tree, where a
     scikit-learn scorer costs more than a short rung's training); the end of the fit is scored
     on every metric with scikit-learn's scorers (the booster's predictions through a stand-in
@@ -574,6 +579,7 @@ class _Boosting:
         self.fold, self.scoring, self.primary, self.rows = fold, scoring, primary, rows
         self.step, self.patience, self.best = step, patience, best
         self.curve: dict[int, float] = {}
+        self.losses: dict[int, float] = {}
         self.scores: dict[str, float] = {}
         self.scoring_seconds = 0.0
 
@@ -593,8 +599,9 @@ class _Boosting:
         self.train_matrix, self.test_matrix = _fold_matrices(
             self.fold, params.get("max_bin", 256), self.rows)
         native = _NATIVE.get((self.primary, params.get("objective")))
-        if native:
-            params["eval_metric"] = native[0]
+        self.native_metric = native and native[0]
+        self.loss = _LOSS.get(params.get("objective"))
+        params["eval_metric"] = [m for m in (self.native_metric, self.loss) if m]
         done = booster.num_boosted_rounds() if booster is not None else 0
         marks = set(_checkpoints(done, amount, self.step,  # every step where it is cheap
                                  most=None if self.patience or native else 6))
@@ -616,6 +623,16 @@ class _Boosting:
         self.scores = self.score(booster, booster.num_boosted_rounds(), self.scoring)
         return booster
 
+    def _evaluate(self, booster: Any, rounds: int) -> dict[str, float]:
+        """XGBoost's eval metrics of the first ``rounds`` rounds on the test fold; records the
+        loss at that checkpoint."""
+        text = booster.eval_set([(self.test_matrix, "test")], rounds - 1)
+        values = {part.split(":")[0].removeprefix("test-"): float(part.rsplit(":", 1)[1])
+                  for part in text.split()[1:]}
+        if self.loss:
+            self.losses[rounds] = values[self.loss]
+        return values
+
     def score(self, booster: Any, rounds: int, scoring: Mapping[str, str]) -> dict[str, float]:
         """``scoring``'s metrics of the first ``rounds`` rounds, with scikit-learn."""
         from pipeline.estimators import fixed_predictions
@@ -623,18 +640,24 @@ class _Boosting:
         start = time.perf_counter()
         out = booster.predict(self.test_matrix, iteration_range=(0, rounds))
         scores = _score_all(fixed_predictions(out, self.classes), None, self.fold[3], scoring)
+        if self.loss:
+            self._evaluate(booster, rounds)
         self._point(rounds, scores[self.primary], start)
         return scores
 
     def native(self, booster: Any, rounds: int, convert: Any) -> None:
         """The primary metric of ``booster`` as it is (``rounds`` rounds), by XGBoost."""
         start = time.perf_counter()
-        text = booster.eval_set([(self.test_matrix, "test")], rounds - 1)
-        self._point(rounds, convert(float(text.rsplit(":", 1)[1]), self.fold[3]), start)
+        value = self._evaluate(booster, rounds)[self.native_metric]
+        self._point(rounds, convert(value, self.fold[3]), start)
 
     def _point(self, rounds: int, value: float, start: float) -> None:
+        """The checkpoint's primary score; ``best`` (for patience) follows the loss."""
         self.curve[rounds] = value
-        better = value if GREATER_IS_BETTER[self.primary] else -value
+        if self.loss:
+            better = -self.losses[rounds]
+        else:
+            better = value if GREATER_IS_BETTER[self.primary] else -value
         if self.best is None or better > self.best[0]:
             self.best = (better, rounds)
         self.scoring_seconds += time.perf_counter() - start
@@ -642,6 +665,12 @@ class _Boosting:
 
 def _same(value: float, y: np.ndarray) -> float:
     return value
+
+
+#: XGBoost objective -> its eval metric that is a proper scoring rule: what boosting's
+#: early stopping and the choice of a checkpoint watch (pipeline.train.eval_metrics).
+_LOSS = {"binary:logistic": "logloss", "multi:softprob": "mlogloss",
+         "reg:squarederror": "rmse"}
 
 
 #: (our metric, XGBoost objective) -> (XGBoost's eval metric, its value to ours given the

@@ -51,8 +51,13 @@ class XGBFit:
 
 
 def eval_metrics(task: str) -> list[str]:
-    """XGBoost's eval metrics per task; the LAST one drives early stopping."""
-    return {"binary": ["logloss", "auc"], "multiclass": ["merror", "mlogloss"],
+    """XGBoost's eval metrics per task; the LAST one drives early stopping.
+
+    It is a proper scoring rule (log loss, multi-class log loss, RMSE): it keeps improving
+    while the model does. A saturating metric (AUC, error rate) reaches its best after a few
+    rounds on a small validation set and would stop boosting there (1 to 6 trees kept).
+    """
+    return {"binary": ["auc", "logloss"], "multiclass": ["merror", "mlogloss"],
             "regression": ["mae", "rmse"]}[task]
 
 
@@ -127,11 +132,14 @@ def fit_xgboost(X_train: Any, y_train: Any, X_valid: Any, y_valid: Any, *,
                 early_stopping_rounds: int | None, seed: int = 0,
                 client: Any = None, family: str = "xgboost", retries: int = 0,
                 checkpoint: tuple[Any, str] | None = None,
-                checkpoint_every: int = 50) -> XGBFit:
+                checkpoint_every: int = 50, min_delta: float = 0.0) -> XGBFit:
     """Train with ``xgboost.dask`` on the cluster; returns the booster cut at its best round.
 
     ``X_*`` are dask DataFrames (categoricals with known categories), ``y_*`` dask Series of
     class codes / values, all from the same persisted collection (aligned partitions).
+
+    Early stopping watches the validation rows' loss (:func:`eval_metrics`): boosting stops
+    after ``early_stopping_rounds`` rounds in which it did not drop by more than ``min_delta``.
 
     xgboost.dask cannot survive a lost worker ("Ring Allreduce failed"; dmlc/xgboost#9419), so
     a failed attempt during which the cluster lost a worker is retried, up to ``retries``
@@ -160,7 +168,8 @@ def fit_xgboost(X_train: Any, y_train: Any, X_valid: Any, y_valid: Any, *,
         try:
             output = _train_once(client, booster_params, X_train, y_train, X_valid, y_valid,
                                  rounds=n_rounds - done, resume=resume,
-                                 early_stopping_rounds=early_stopping_rounds,
+                                 stopping=_early_stopping(early_stopping_rounds, task,
+                                                          min_delta),
                                  checkpoint=checkpoint, every=checkpoint_every)
             attempts.append({"attempt": attempt + 1, "resumed_from": done, "ok": True})
             break
@@ -195,22 +204,119 @@ def fit_xgboost(X_train: Any, y_train: Any, X_valid: Any, y_valid: Any, *,
                   seconds=seconds, attempts=attempts)
 
 
+def fit_xgboost_cv(X: Any, y: Any, *, params: Mapping[str, Any], task: str,
+                   n_classes: int | None, folds: int, early_stopping_rounds: int | None,
+                   min_delta: float = 0.0, seed: int = 0, client: Any = None,
+                   family: str = "xgboost") -> XGBFit:
+    """Small data: the boosting rounds chosen by k-fold CV, then one fit on all the rows.
+
+    ``X``, ``y``: every training row (train + validation; dask or pandas), few enough
+    (``train.cv_rounds_below``) to hold in memory. As ``xgboost.cv`` does, each fold trains on
+    the other folds and records its held-out loss (:func:`eval_metrics`) per round; the folds
+    run in parallel as tasks on the cluster. A fold stops after ``2 * early_stopping_rounds``
+    rounds without improvement (twice the patience, so the mean curve is known well past each
+    fold's best). The round count is the best round of the mean held-out loss over the rounds
+    every fold ran; the model is then fitted on all rows with it (a single-validation split of
+    a few dozen rows would choose it by noise, and keep those rows out of the model).
+    """
+    import dask
+    from distributed import get_client
+
+    from pipeline.models import cv_splitter
+
+    client = client or get_client()
+    start = time.perf_counter()
+    booster_params, n_rounds = xgb_params(params, task=task, n_classes=n_classes, seed=seed,
+                                          family=family)
+    X, y = dask.compute(X, y)
+    y = np.asarray(y)
+    metric = eval_metrics(task)[-1]
+    splits = list(cv_splitter(task, folds, seed).split(np.zeros(len(y)), y))
+    [X_all, y_all] = client.scatter([X, y], broadcast=True)
+    patience = 2 * early_stopping_rounds if early_stopping_rounds else None
+    curves = client.gather([client.submit(
+        _boost_rows, X_all, y_all, train, test, booster_params, n_rounds, patience, min_delta,
+        metric, pure=False) for train, test in splits])
+    common = min(len(c["test"]) for c in curves)
+    test = np.mean([c["test"][:common] for c in curves], axis=0)
+    train = np.mean([c["train"][:common] for c in curves], axis=0)
+    best = int(np.argmin(test)) + 1 if early_stopping_rounds else n_rounds
+    booster = client.submit(_boost_rows, X_all, y_all, None, None, booster_params, best,
+                            None, 0.0, metric, pure=False).result()["booster"]
+    client.cancel([X_all, y_all])
+    return XGBFit(booster=booster, params={**dict(params), "n_estimators": n_rounds},
+                  n_estimators=best, best_iteration=best - 1,
+                  history={"train": {metric: train.tolist()}, "valid": {metric: test.tolist()}},
+                  seconds=time.perf_counter() - start,
+                  attempts=[{"attempt": 1, "resumed_from": 0, "ok": True}])
+
+
+def fit_xgboost_rows(X: Any, y: Any, *, params: Mapping[str, Any], rounds: int, task: str,
+                     n_classes: int | None, seed: int = 0, client: Any = None,
+                     family: str = "xgboost") -> Any:
+    """A booster of ``rounds`` rounds fitted on every row of ``X``, ``y`` (small data: one
+    task on the cluster)."""
+    import dask
+    from distributed import get_client
+
+    client = client or get_client()
+    booster_params, _ = xgb_params(params, task=task, n_classes=n_classes, seed=seed,
+                                   family=family)
+    X, y = dask.compute(X, y)
+    return client.submit(_boost_rows, X, np.asarray(y), None, None, booster_params, rounds,
+                         None, 0.0, eval_metrics(task)[-1], pure=False).result()["booster"]
+
+
+def _boost_rows(X: Any, y: np.ndarray, train: np.ndarray | None, test: np.ndarray | None,
+                params: Mapping[str, Any], rounds: int, patience: int | None,
+                min_delta: float, metric: str) -> dict[str, Any]:
+    """One CV fold (its held-out loss per round) or, without ``train``, the fit on all rows;
+    runs as a task, with the worker's threads."""
+    import xgboost as xgb
+    from distributed import get_worker
+
+    params = {**params, "nthread": get_worker().state.nthreads}
+    if train is None:
+        matrix = xgb.QuantileDMatrix(X, y, enable_categorical=True,
+                                     max_bin=params.get("max_bin", 256))
+        return {"booster": xgb.train(params, matrix, rounds, verbose_eval=False)}
+    fit = xgb.QuantileDMatrix(X.iloc[train], y[train], enable_categorical=True,
+                              max_bin=params.get("max_bin", 256))
+    held = xgb.QuantileDMatrix(X.iloc[test], y[test], enable_categorical=True, ref=fit)
+    log: dict[str, Any] = {}
+    stop = ([xgb.callback.EarlyStopping(rounds=patience, metric_name=metric, data_name="test",
+                                        maximize=False, min_delta=min_delta)]
+            if patience else [])
+    xgb.train(params, fit, rounds, evals=[(fit, "train"), (held, "test")], evals_result=log,
+              callbacks=stop, verbose_eval=False)
+    return {"train": log["train"][metric], "test": log["test"][metric]}
+
+
+def _early_stopping(rounds: int | None, task: str, min_delta: float) -> Any:
+    """XGBoost's early stopping on the validation rows' loss, or None."""
+    if not rounds:
+        return None
+    from xgboost.callback import EarlyStopping
+
+    return EarlyStopping(rounds=rounds, metric_name=eval_metrics(task)[-1], data_name="valid",
+                         maximize=False, min_delta=min_delta, save_best=False)
+
+
 def _train_once(client: Any, params: Mapping[str, Any], X_train: Any, y_train: Any,
                 X_valid: Any, y_valid: Any, *, rounds: int, resume: Any,
-                early_stopping_rounds: int | None, checkpoint: tuple[Any, str] | None,
+                stopping: Any, checkpoint: tuple[Any, str] | None,
                 every: int) -> dict[str, Any]:
     # xgboost.dask waits on its futures with distributed.wait, which uses the *default*
     # client: with another Client alive in this process (a notebook, a test session) that
     # deadlocks, so the given client is made the current one for the whole step
     with client.as_current():
         return _train_on(client, params, X_train, y_train, X_valid, y_valid, rounds=rounds,
-                         resume=resume, early_stopping_rounds=early_stopping_rounds,
-                         checkpoint=checkpoint, every=every)
+                         resume=resume, stopping=stopping, checkpoint=checkpoint, every=every)
 
 
 def _train_on(client: Any, params: Mapping[str, Any], X_train: Any, y_train: Any,
               X_valid: Any, y_valid: Any, *, rounds: int, resume: Any,
-              early_stopping_rounds: int | None, checkpoint: tuple[Any, str] | None,
+              stopping: Any, checkpoint: tuple[Any, str] | None,
               every: int) -> dict[str, Any]:
     from xgboost import dask as dxgb
 
@@ -229,6 +335,8 @@ def _train_on(client: Any, params: Mapping[str, Any], X_train: Any, y_train: Any
     callbacks = [RoundProgress(done + rounds, start=done)]
     if checkpoint and every:
         callbacks.append(StoreCheckpoint(checkpoint, every))
+    if stopping is not None and X_valid is not None:
+        callbacks.append(stopping)
 
     def progress(event: tuple[float, Mapping[str, Any]]) -> None:
         msg = event[1]
@@ -239,8 +347,7 @@ def _train_on(client: Any, params: Mapping[str, Any], X_train: Any, y_train: Any
     client.subscribe_topic(PROGRESS_TOPIC, progress)
     try:
         return dxgb.train(client, dict(params), dtrain, num_boost_round=rounds, evals=evals,
-                          early_stopping_rounds=early_stopping_rounds, verbose_eval=False,
-                          xgb_model=resume, callbacks=callbacks)
+                          verbose_eval=False, xgb_model=resume, callbacks=callbacks)
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)
 
@@ -323,12 +430,15 @@ class Refit:
 def refit(family: str, task: str, params: Mapping[str, Any], *, X_train: Any, y_train: Any,
           X_valid: Any, y_valid: Any, sample: tuple[Any, Any] | None, n_classes: int | None,
           early_stopping_rounds: int | None, seed: int, client: Any, retries: int = 0,
-          checkpoint: tuple[Any, str] | None = None, checkpoint_every: int = 0) -> Refit:
+          checkpoint: tuple[Any, str] | None = None, checkpoint_every: int = 0,
+          min_delta: float = 0.0, cv_folds: int | None = None) -> Refit:
     """Fit ``family`` with ``params`` on the training rows the way the family scales.
 
     ``X_*``/``y_*`` are the preprocessed dask collections (persisted, aligned); ``sample`` is
     the same preprocessing applied to the in-memory sample (pandas), used by ``sample``
     families. ``retries``/``checkpoint``: see :func:`fit_xgboost` (XGBoost families).
+    ``cv_folds``: small data, XGBoost's rounds are chosen by CV on train + validation rows
+    (:func:`fit_xgboost_cv`).
     """
     from pipeline.models import FAMILIES, defaults, make_estimator, training_mode
 
@@ -336,12 +446,24 @@ def refit(family: str, task: str, params: Mapping[str, Any], *, X_train: Any, y_
     start = time.perf_counter()
     if family in ("xgboost", "random_forest"):
         params = {**defaults(family, task), **params}
-        fit = fit_xgboost(X_train, y_train, X_valid, y_valid, params=params, task=task,
-                          n_classes=n_classes, early_stopping_rounds=early_stopping_rounds,
-                          seed=seed, client=client, family=family, retries=retries,
-                          checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        if cv_folds and family == "xgboost":
+            import dask.dataframe as dd
+
+            fit = fit_xgboost_cv(dd.concat([X_train, X_valid]), dd.concat([y_train, y_valid]),
+                                 params=params, task=task, n_classes=n_classes, folds=cv_folds,
+                                 early_stopping_rounds=early_stopping_rounds,
+                                 min_delta=min_delta, seed=seed, client=client, family=family)
+        else:
+            fit = fit_xgboost(X_train, y_train, X_valid, y_valid, params=params, task=task,
+                              n_classes=n_classes, early_stopping_rounds=early_stopping_rounds,
+                              seed=seed, client=client, family=family, retries=retries,
+                              checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                              min_delta=min_delta)
         details = {"trees": fit.n_estimators, "learning_curve": fit.history,
-                   "attempts": fit.attempts}
+                   "attempts": fit.attempts,
+                   "rounds_from": (f"{cv_folds}-fold CV on the training and validation rows"
+                                   if cv_folds and family == "xgboost" else
+                                   "early stopping on the validation rows")}
         return Refit(family, mode, fit.booster, fit.params, fit.seconds,
                      rows=-1, details=details)
     estimator = make_estimator(family, task, params, seed)
@@ -499,21 +621,39 @@ def refit_family(job: JobSpec, found: Any, prefix: Prefix, sample: Any, holdout:
         rows = sample.head(family_rows(family, job.search.sample_rows))
         sample_Xy = (tail.transform(prefix.pipeline.transform(rows)),
                      np.asarray(target(rows, job, classes)))
+    small = prefix.rows["train"] + prefix.rows["valid"] < job.train.cv_rounds_below
     with _PeakMemory(client) as peak:
         fitted = refit(family, task, found.best_params, X_train=X_train,
                        y_train=prefix.y_train, X_valid=X_valid, y_valid=prefix.y_valid,
                        sample=sample_Xy, n_classes=len(classes) if classes else None,
                        early_stopping_rounds=job.train.early_stopping_rounds,
                        seed=job.search.seed, client=client, retries=job.train.retries,
-                       checkpoint=checkpoint, checkpoint_every=job.train.checkpoint_every)
+                       checkpoint=checkpoint, checkpoint_every=job.train.checkpoint_every,
+                       min_delta=job.train.min_delta,
+                       cv_folds=job.train.cv_rounds_folds if small else None)
     predictor = Predictor(task=task, target=job.data.target, classes=classes,
                           preprocessor=Pipeline(prefix.pipeline.steps + tail.steps),
                           model=fitted.model, threshold=job.evaluate.threshold, family=family)
     clock = time.perf_counter()
     metrics = evaluate_predictor(predictor, {"holdout": (holdout, True),
                                              "train": (train_rows, False)}, job, client)
+    seconds = time.perf_counter() - clock
+    if small and family == "xgboost":
+        # evaluated on the holdout, the recipe (these parameters, these rounds) is fitted
+        # again on every row: on small data the holdout rows are too many to leave out
+        rows = [X_train, X_valid, tail.transform(prefix.pipeline.transform(holdout))]
+        import dask.dataframe as dd
+
+        fitted.model = predictor.model = fit_xgboost_rows(
+            dd.concat(rows), dd.concat([prefix.y_train, prefix.y_valid,
+                                        target(holdout, job, classes)]),
+            params=fitted.params, rounds=fitted.details["trees"], task=task,
+            n_classes=len(classes) if classes else None, seed=job.search.seed,
+            client=client, family=family)
+        fitted.details["refit"] = ("the evaluated recipe refit on every row (train, "
+                                   "validation and holdout)")
     return FamilyFit(found, fitted, predictor, metrics["holdout"], metrics["train"],
-                     peak.bytes, time.perf_counter() - clock)
+                     peak.bytes, seconds)
 
 
 class _PeakMemory:

@@ -1,0 +1,157 @@
+"""Quality: the default job against XGBoost's no-argument defaults and a hand-tuned XGBoost.
+
+For each public dataset (scikit-learn's bundled sets and generators, California housing and
+agaricus from ../shared/data): one train/test split (seed 0, stratified for classification);
+``mlpipe run`` of the shortest job (data, target, task, output: no ``models:`` block) on the
+training rows, its bundle loaded with ``load_model`` and scored on the test rows; in the same
+run, on the same training rows, ``XGBClassifier()`` / ``XGBRegressor()`` with no arguments,
+and a hand-tuned XGBoost (learning rate 0.05, depth 6, rounds by 5-fold ``xgboost.cv`` early
+stopping on the log loss / RMSE). Goal: the default job at least as good as the defaults,
+within the test set's noise (the binomial standard error of an accuracy; for RMSE, the
+standard error of the squared errors' mean, carried to the RMSE).
+
+Not measured here yet: ``search: auto`` (issue 14, part 2) does not exist.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _datasets(scale: float) -> dict:
+    from sklearn.datasets import (load_breast_cancer, load_diabetes, load_iris, load_wine,
+                                  make_classification)
+
+    def frame(X, y, prefix="f"):
+        X = pd.DataFrame(X, columns=[f"{prefix}{i}" for i in range(X.shape[1])])
+        return X, pd.Series(y)
+
+    out = {
+        "wine": (*load_wine(return_X_y=True, as_frame=True), "multiclass", 0.3),
+        "iris": (*load_iris(return_X_y=True, as_frame=True), "multiclass", 0.3),
+        "breast_cancer": (*load_breast_cancer(return_X_y=True, as_frame=True), "binary", 0.3),
+        "diabetes": (*load_diabetes(return_X_y=True, as_frame=True), "regression", 0.3),
+        "make_classification_600_sep2": (*frame(*make_classification(
+            600, 20, n_informative=8, class_sep=2.0, random_state=1)), "binary", 0.25),
+        "make_classification_5000_sep0.7": (*frame(*make_classification(
+            5000, 20, n_informative=6, class_sep=0.7, flip_y=0.05, random_state=2)),
+            "binary", 0.25),
+    }
+    big = int(120_000 * scale)
+    if big >= 20_000:  # above train.cv_rounds_below: the validation-split path
+        out[f"make_classification_{big}_sep0.5"] = (*frame(*make_classification(
+            big, 30, n_informative=10, class_sep=0.5, flip_y=0.05, random_state=3)),
+            "binary", 0.25)
+    housing = SHARED / "california_housing_geron" / "housing.csv"
+    if housing.exists():
+        data = pd.read_csv(housing)
+        data["ocean_proximity"] = data["ocean_proximity"].astype("category")
+        out["california_housing"] = (data.drop(columns="median_house_value"),
+                                     data["median_house_value"], "regression", 0.2)
+    agaricus = SHARED / "agaricus_xgboost" / "agaricus.txt.train"
+    if agaricus.exists():
+        from sklearn.datasets import load_svmlight_file
+
+        X, y = load_svmlight_file(str(agaricus), n_features=127)
+        out["agaricus"] = (*frame(X.toarray()[:, 1:], y.astype(int), "x"), "binary", 0.3)
+    return out
+
+
+def _split(X, y, task, test):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(X, y, test_size=test, random_state=0,
+                            stratify=y if task != "regression" else None)
+
+
+def _score(task, y_true, pred) -> tuple[float, float]:
+    """(accuracy or RMSE, its standard error on these test rows)."""
+    y_true, pred = np.asarray(y_true), np.asarray(pred)
+    if task == "regression":
+        sq = (y_true - pred) ** 2
+        rmse = math.sqrt(sq.mean())
+        return rmse, sq.std(ddof=1) / math.sqrt(len(sq)) / (2 * rmse)
+    acc = float((y_true == pred).mean())
+    return acc, math.sqrt(max(acc * (1 - acc), 1 / len(y_true)) / len(y_true))
+
+
+def _hand_tuned(X, y, task):
+    import xgboost as xgb
+
+    classes = np.unique(y) if task != "regression" else None
+    label = np.searchsorted(classes, y) if classes is not None else np.asarray(y)
+    params = {"learning_rate": 0.05, "max_depth": 6, "tree_method": "hist", "seed": 0,
+              "enable_categorical": True}
+    params.update({"binary": {"objective": "binary:logistic", "eval_metric": "logloss"},
+                   "multiclass": {"objective": "multi:softprob", "eval_metric": "mlogloss",
+                                  "num_class": len(classes) if classes is not None else 0},
+                   "regression": {"objective": "reg:squarederror", "eval_metric": "rmse"}}[task])
+    params.pop("enable_categorical")
+    matrix = xgb.DMatrix(X, label, enable_categorical=True)
+    cv = xgb.cv(params, matrix, 3000, nfold=5, early_stopping_rounds=50, seed=0,
+                stratified=task != "regression")
+    booster = xgb.train(params, matrix, len(cv))
+
+    def predict(X_test):
+        raw = booster.predict(xgb.DMatrix(X_test, enable_categorical=True))
+        if task == "regression":
+            return raw
+        index = (raw > 0.5).astype(int) if task == "binary" else raw.argmax(axis=1)
+        return classes[index]
+    return predict
+
+
+def run(scale: float = 1.0) -> list[dict]:
+    import cluster
+    from pipeline.artifacts import load_model
+    from pipeline.config import load_job
+    from pipeline.run import run as run_job
+
+    rows = []
+    with cluster.connect({"n_workers": 2, "threads_per_worker": 1}) as client, \
+            tempfile.TemporaryDirectory(prefix="mlpipe-quality-") as tmp:
+        for name, (X, y, task, test) in _datasets(scale).items():
+            X_train, X_test, y_train, y_test = _split(X, y, task, test)
+            folder = Path(tmp) / name
+            folder.mkdir()
+            X_train.assign(__label=np.asarray(y_train)).to_parquet(folder / "train.parquet")
+            job = load_job({"name": name, "output": str(folder / "out"),
+                            "data": {"train": str(folder / "train.parquet"),
+                                     "target": "__label", "task": task}})
+            start = time.perf_counter()
+            result = run_job(job, client=client)
+            seconds = time.perf_counter() - start
+            ours, noise = _score(task, y_test, load_model(result.model_url).predict(X_test))
+            from xgboost import XGBClassifier, XGBRegressor
+
+            if task == "regression":
+                default = XGBRegressor(enable_categorical=True).fit(X_train, y_train)
+                ref, _ = _score(task, y_test, default.predict(X_test))
+            else:
+                classes = np.unique(y_train)
+                default = XGBClassifier(enable_categorical=True).fit(
+                    X_train, np.searchsorted(classes, y_train))
+                ref, _ = _score(task, y_test, classes[default.predict(X_test)])
+            tuned, _ = _score(task, y_test, _hand_tuned(X_train, y_train, task)(X_test))
+            unit = "RMSE" if task == "regression" else "accuracy"
+            better = (lambda a, b: a <= b + noise) if task == "regression" else \
+                (lambda a, b: a >= b - noise)
+            size = f"{len(X_train):,} train / {len(X_test):,} test"
+            detail = (f"{result.metrics['model'].get('trees')} trees, "
+                      f"{result.metrics['model'].get('rounds_from', '')}, {seconds:.0f} s")
+            for base, base_name in ((ref, "XGB*() defaults"), (tuned, "hand-tuned XGBoost")):
+                rows.append({"benchmark": "quality", "operation": f"{name}: default job",
+                             "size": size, "ours": round(ours, 4), "baseline": round(base, 4),
+                             "baseline_name": base_name, "unit": unit,
+                             "ratio": round(ours / base, 4) if base else None,
+                             "goal": f"within ±{noise:.4f} (test SE)",
+                             "met": bool(better(ours, base)), "detail": detail})
+    return rows
