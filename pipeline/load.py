@@ -164,7 +164,10 @@ def _parquet_header(fs: Any, name: str) -> dict[str, str]:
 
     with fs.open(name, "rb") as f:
         schema = pq.read_schema(f)
-    names = [n for n in schema.names if n != "__null_dask_index__"]
+    # a pandas index written without a name (``__index_level_0__``: any frame that was
+    # filtered or split before ``to_parquet``) or dask's is row labels, not data
+    names = [n for n in schema.names
+             if n != "__null_dask_index__" and not re.fullmatch(r"__index_level_\d+__", n)]
     _no_duplicates(names, name)
     return {n: str(schema.field(n).type) for n in names}
 

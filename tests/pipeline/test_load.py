@@ -189,3 +189,15 @@ def test_regression_target_must_be_numeric_and_vary() -> None:
         summarize(frame(20).assign(y=3.0), task="regression")
     s = summarize(frame(20).assign(y=np.arange(20.0)), task="regression")
     assert s.target_stats["min"] == 0 and s.target_stats["max"] == 19
+
+
+def test_a_pandas_index_written_to_parquet_is_not_a_column(tmp_path: Path) -> None:
+    """``df[mask].to_parquet(...)`` stores the index as ``__index_level_0__``: row labels,
+    which the loader leaves out (reading them as a column failed with a KeyError)."""
+    frame = pd.DataFrame({"x": np.arange(10.0), "y": np.arange(10) % 2})
+    frame[frame["x"] > 2].to_parquet(tmp_path / "part.parquet")
+    source = load.find_files(str(tmp_path))
+    columns = load.check_headers(load.read_headers(source), schema=None, required=["y"])
+    assert columns == ["x", "y"]
+    got = load.read(source, columns).compute()
+    assert list(got.columns) == ["x", "y"] and len(got) == 7
