@@ -110,6 +110,16 @@ def is_s3(fs: Any) -> bool:
     return protocol in ("s3", "s3a")
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: read once, at import: setting the umask to read it is not thread-safe.
+_UMASK = _process_umask()
+
+
 def atomic_write(fs: Any, path: str, data: bytes, *, create_once: bool = False) -> None:
     """Write ``data`` so that a reader sees either nothing or all of it.
 
@@ -122,6 +132,9 @@ def atomic_write(fs: Any, path: str, data: bytes, *, create_once: bool = False) 
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
         try:
+            # mkstemp makes the file readable by its owner only; a bundle file gets the mode
+            # of any other file (the process umask), so a teammate can load the model
+            os.fchmod(fd, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

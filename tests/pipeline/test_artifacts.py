@@ -163,3 +163,20 @@ def test_create_once_race_on_s3(bucket: str) -> None:
     won = [o for o in outcomes if o.startswith("won")]
     assert len(outcomes) == 6 and len(won) == 1
     assert fs.cat_file(path) == won[0].split(":")[1].encode()
+
+
+def test_bundle_files_follow_the_umask(tmp_path) -> None:
+    """manifest.json, latest.json, versions/*.json: readable by a teammate, like any file the
+    process writes (they were 0600: mkstemp's mode)."""
+    import os
+
+    from pipeline.artifacts import atomic_write, filesystem
+
+    fs, base = filesystem(str(tmp_path))
+    reference = tmp_path / "plain.txt"
+    reference.write_bytes(b"x")
+    assert reference.stat().st_mode & 0o044  # a umask that lets others read (CI: 022)
+    atomic_write(fs, os.path.join(base, "doc.json"), b"{}")
+    atomic_write(fs, os.path.join(base, "once.json"), b"{}", create_once=True)
+    for name in ("doc.json", "once.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == reference.stat().st_mode & 0o777
