@@ -151,7 +151,8 @@ def _run(job: JobSpec, client: Client,
     with tempfile.TemporaryDirectory(prefix="mlpipe-") as tmp, \
             contextlib.ExitStack() as perf:
         path = os.path.join(tmp, PERFORMANCE_REPORT)
-        perf.enter_context(performance_report(filename=path))
+        # inline: the page carries bokeh's JavaScript, so it opens offline (cdn: blank)
+        perf.enter_context(performance_report(filename=path, mode="inline"))
 
         def report() -> bytes:
             perf.close()

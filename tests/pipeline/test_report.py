@@ -314,6 +314,10 @@ def test_cli_report(bundles: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_run_writes_the_report(bundles: dict) -> None:
     bundle = open_bundle(bundles["binary"])
     assert bundle.has("report.html") and bundle.has("dask-report.html")
+    # the Dask performance report opens offline: bokeh's JavaScript inline, no CDN script
+    dask_page = bundle.read("dask-report.html").decode("utf-8")
+    assert "Bokeh" in dask_page
+    assert not re.search(r"<script[^>]+src=[\"']https?://", dask_page)
     check_page(bundle.read("report.html").decode("utf-8"), "binary",
                performance_report="dask-report.html")
 
