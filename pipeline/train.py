@@ -241,8 +241,8 @@ def fit_xgboost_cv(X: Any, y: Any, *, params: Mapping[str, Any], task: str,
     test = np.mean([c["test"][:common] for c in curves], axis=0)
     train = np.mean([c["train"][:common] for c in curves], axis=0)
     best = int(np.argmin(test)) + 1 if early_stopping_rounds else n_rounds
-    booster = client.submit(_boost_rows, X_all, y_all, None, None, booster_params, best,
-                            None, 0.0, metric, pure=False).result()["booster"]
+    booster = _booster(client.submit(_boost_rows, X_all, y_all, None, None, booster_params,
+                                     best, None, 0.0, metric, pure=False).result())
     client.cancel([X_all, y_all])
     return XGBFit(booster=booster, params={**dict(params), "n_estimators": n_rounds},
                   n_estimators=best, best_iteration=best - 1,
@@ -263,8 +263,16 @@ def fit_xgboost_rows(X: Any, y: Any, *, params: Mapping[str, Any], rounds: int, 
     booster_params, _ = xgb_params(params, task=task, n_classes=n_classes, seed=seed,
                                    family=family)
     X, y = dask.compute(X, y)
-    return client.submit(_boost_rows, X, np.asarray(y), None, None, booster_params, rounds,
-                         None, 0.0, eval_metrics(task)[-1], pure=False).result()["booster"]
+    return _booster(client.submit(_boost_rows, X, np.asarray(y), None, None, booster_params,
+                                  rounds, None, 0.0, eval_metrics(task)[-1], pure=False).result())
+
+
+def _booster(result: Mapping[str, Any]) -> Any:
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    booster.load_model(bytearray(result["booster"]))
+    return booster
 
 
 def _boost_rows(X: Any, y: np.ndarray, train: np.ndarray | None, test: np.ndarray | None,
@@ -279,7 +287,9 @@ def _boost_rows(X: Any, y: np.ndarray, train: np.ndarray | None, test: np.ndarra
     if train is None:
         matrix = xgb.QuantileDMatrix(X, y, enable_categorical=True,
                                      max_bin=params.get("max_bin", 256))
-        return {"booster": xgb.train(params, matrix, rounds, verbose_eval=False)}
+        # the model as UBJSON bytes: a Booster in a task's result defeats Dask's sizeof
+        # (a warning per task) and is not what a store would keep anyway
+        return {"booster": xgb.train(params, matrix, rounds, verbose_eval=False).save_raw("ubj")}
     fit = xgb.QuantileDMatrix(X.iloc[train], y[train], enable_categorical=True,
                               max_bin=params.get("max_bin", 256))
     held = xgb.QuantileDMatrix(X.iloc[test], y[test], enable_categorical=True, ref=fit)
