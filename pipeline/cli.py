@@ -220,7 +220,7 @@ def _add_commands() -> None:
 
 #: modules with a ``COMMANDS`` list of click commands.
 COMMAND_MODULES: list[str] = ["pipeline.cli_report", "pipeline.cli_score", "pipeline.cli_models",
-                              "pipeline.cli_jobs"]
+                              "pipeline.cli_jobs", "pipeline.cli_serve"]
 _add_commands()
 
 
