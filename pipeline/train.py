@@ -631,7 +631,9 @@ def refit_family(job: JobSpec, found: Any, prefix: Prefix, sample: Any, holdout:
         rows = sample.head(family_rows(family, job.search.sample_rows))
         sample_Xy = (tail.transform(prefix.pipeline.transform(rows)),
                      np.asarray(target(rows, job, classes)))
-    small = prefix.rows["train"] + prefix.rows["valid"] < job.train.cv_rounds_below
+    # small data: boosting rounds from CV, and the evaluated recipe refit on every row
+    small = (family == "xgboost"
+             and prefix.rows["train"] + prefix.rows["valid"] < job.train.cv_rounds_below)
     with _PeakMemory(client) as peak:
         fitted = refit(family, task, found.best_params, X_train=X_train,
                        y_train=prefix.y_train, X_valid=X_valid, y_valid=prefix.y_valid,
@@ -648,15 +650,13 @@ def refit_family(job: JobSpec, found: Any, prefix: Prefix, sample: Any, holdout:
     metrics = evaluate_predictor(predictor, {"holdout": (holdout, True),
                                              "train": (train_rows, False)}, job, client)
     seconds = time.perf_counter() - clock
-    if small and family == "xgboost":
-        # evaluated on the holdout, the recipe (these parameters, these rounds) is fitted
-        # again on every row: on small data the holdout rows are too many to leave out
-        rows = [X_train, X_valid, tail.transform(prefix.pipeline.transform(holdout))]
+    if small:  # on small data the holdout rows are too many to leave out of the model
         import dask.dataframe as dd
 
+        X_holdout = tail.transform(prefix.pipeline.transform(holdout))
         fitted.model = predictor.model = fit_xgboost_rows(
-            dd.concat(rows), dd.concat([prefix.y_train, prefix.y_valid,
-                                        target(holdout, job, classes)]),
+            dd.concat([X_train, X_valid, X_holdout]),
+            dd.concat([prefix.y_train, prefix.y_valid, target(holdout, job, classes)]),
             params=fitted.params, rounds=fitted.details["trees"], task=task,
             n_classes=len(classes) if classes else None, seed=job.search.seed,
             client=client, family=family)
