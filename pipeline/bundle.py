@@ -43,12 +43,18 @@ class Published:
 def write(job: JobSpec, training: Training, rows: Mapping[str, int], winner: str,
           chosen: FamilyFit, searches: Mapping[str, SearchResult],
           board: list[dict[str, Any]], holdout: Any, timings: dict[str, float],
-          client: Client, performance_report: Callable[[], bytes]) -> Published:
-    """Assemble the bundle of a run, write it under ``<output>/runs/<run_id>/`` and make it the
-    model's current version.
+          client: Client, performance_report: Callable[[], bytes], *,
+          profile: Mapping[str, Any] | None = None, gate: Mapping[str, Any] | None = None,
+          publish: bool = True) -> Published:
+    """Assemble the bundle of a run, write it under ``<output>/runs/<run_id>/`` and (with
+    ``publish``) make it the model's current version.
 
     ``performance_report`` is called once everything else is computed: it ends the Dask
-    performance report of the run and returns its HTML.
+    performance report of the run and returns its HTML. ``profile`` becomes ``profile.json``
+    (the drift reference, :func:`pipeline.monitor.reference_profile`); ``gate`` is the
+    champion/challenger decision (:class:`pipeline.monitor.Verdict`), kept in
+    ``metrics.json`` and shown in the report. ``publish=False`` writes the version without
+    registering it (the gate's :func:`pipeline.monitor.settle` does that).
     """
     import cluster
     from pipeline import artifacts
@@ -71,15 +77,17 @@ def write(job: JobSpec, training: Training, rows: Mapping[str, int], winner: str
                   "fit_seconds": round(refit.seconds, 3), **refit.details,
                   "importance": importance(predictor, sample)},
         "leaderboard": board,
+        "warnings": model_warnings(chosen, task),
         "search": {family: found.to_json() for family, found in searches.items()},
         "threshold": predictor.threshold,
         "preprocess": {"steps": [name for name, _ in prep.steps],
                        "dropped": [d for _, step in prep.steps
                                    for d in getattr(step, "dropped_", [])],
                        "duplicates_removed": training.duplicates},
-        "warnings": model_warnings(chosen, task),
         "timings": timings,
     }
+    if gate is not None:
+        metrics["gate"] = dict(gate)
     schema = schema_doc(job, training, winner, predictor, sample)
     source = training.source
     meta = {
@@ -105,11 +113,16 @@ def write(job: JobSpec, training: Training, rows: Mapping[str, int], winner: str
                                predicted).encode(),
         PERFORMANCE_REPORT: performance,
     }
+    if profile is not None:
+        from pipeline.monitor import PROFILE
+
+        files[PROFILE] = artifacts.json_bytes(profile)
     options = job.storage_options
     manifest = artifacts.write_run(job.output, run_id, files, meta=meta,
                                    storage_options=options)
-    artifacts.publish(job.output, job.name, manifest, storage_options=options,
-                      summary={"headline": head, "family": winner})
+    if publish:
+        artifacts.publish(job.output, job.name, manifest, storage_options=options,
+                          summary={"headline": head, "family": winner})
     return Published(run_id=run_id, run_url=artifacts.join(job.output, "runs", run_id),
                      model_url=artifacts.join(job.output, "models", job.name),
                      metrics=metrics, manifest=manifest)
@@ -182,4 +195,9 @@ def _report(job: JobSpec, metrics: Mapping[str, Any], schema: Mapping[str, Any],
         "sample": predicted,
         "performance_report": report.PERFORMANCE_REPORT,
     }
-    return report.render(docs)
+    html = report.render(docs)
+    if metrics.get("gate"):
+        from pipeline.monitor_report import with_comparison
+
+        html = with_comparison(html, metrics["gate"])
+    return html

@@ -187,10 +187,24 @@ def config_show(job_file: str, overrides: tuple[str, ...], scheduler: str | None
 @click.option("--rows", type=int, default=1_000_000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--rows-per-part", type=int, default=250_000, show_default=True)
+@click.option("--drift", type=click.Choice(["covariate", "concept"]), default=None,
+              help="Data with known drift: covariate (other applicants, same risk given what "
+                   "they are) or concept (same applicants, other reasons to default).")
+@click.option("--strength", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="How much of the drift (0: none, 1: all of it).")
+@click.option("--start-month", default=None, metavar="YYYY-MM",
+              help="The first month (by applied_at, 2023-01 .. 2024-12) that drifts; "
+                   "default: every row.")
 @cluster_options
-def demo_data(out: str, rows: int, seed: int, rows_per_part: int, scheduler: str | None,
+def demo_data(out: str, rows: int, seed: int, rows_per_part: int, drift: str | None,
+              strength: float, start_month: str | None, scheduler: str | None,
               n_workers: int | None, threads_per_worker: int | None) -> None:
     """Generate the demo loan dataset (Parquet) at OUT, in parallel on the cluster."""
+    import re
+
+    if start_month is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", start_month):
+        raise click.BadParameter(f"expected YYYY-MM, e.g. 2024-07; got {start_month!r}",
+                                 param_hint="--start-month")
     import time
 
     import cluster
@@ -200,7 +214,8 @@ def demo_data(out: str, rows: int, seed: int, rows_per_part: int, scheduler: str
                          address=scheduler) as client:
         logger.info("dashboard: %s", client.dashboard_link)
         start = time.perf_counter()
-        info = write_demo_data(out, rows, seed=seed, rows_per_part=rows_per_part)
+        info = write_demo_data(out, rows, seed=seed, rows_per_part=rows_per_part, drift=drift,
+                               strength=strength, start=start_month)
         logger.info("[%6.1fs] wrote %s rows in %s parts", time.perf_counter() - start,
                     f"{info['rows']:,}", info["parts"])
     click.echo(json.dumps(info))
@@ -220,7 +235,7 @@ def _add_commands() -> None:
 
 #: modules with a ``COMMANDS`` list of click commands.
 COMMAND_MODULES: list[str] = ["pipeline.cli_report", "pipeline.cli_score", "pipeline.cli_models",
-                              "pipeline.cli_jobs", "pipeline.cli_serve"]
+                              "pipeline.cli_jobs", "pipeline.cli_serve", "pipeline.cli_monitor"]
 _add_commands()
 
 
@@ -232,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "--verbose") for a in args)
     try:
-        cli.main(args=args, prog_name="mlpipe", standalone_mode=False)
+        # a command's ctx.exit(code) comes back here as the return value (mlpipe monitor's
+        # 3 and 4); a command that returns normally gives None
+        code = cli.main(args=args, prog_name="mlpipe", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
@@ -249,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(_paragraph(exc), err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def _paragraph(exc: BaseException) -> str:

@@ -72,6 +72,12 @@ def models_show(root: str, name: str, version: str | None, as_json: bool) -> Non
             mark = "*" if record["run_id"] == doc["current"] else " "
             click.echo(f"  {mark} {record['run_id']}  {record.get('created_at') or '':<29} "
                        f"{_metrics(record.get('headline', {}))}")
+        if doc.get("decisions"):
+            click.echo(f"decisions: {len(doc['decisions'])} (the gate, newest first)")
+            for decision in doc["decisions"][:10]:
+                click.echo(f"  {decision['run_id']}  {decision.get('outcome')}  vs "
+                           f"{decision.get('champion') or '-'}: "
+                           f"{'; '.join(decision.get('reasons', []))}")
         return
     click.echo(f"model:    {doc['name']}")
     click.echo(f"version:  {doc['run_id']}{'  (current)' if doc['current'] else ''}")
@@ -84,6 +90,14 @@ def models_show(root: str, name: str, version: str | None, as_json: bool) -> Non
                    f"fingerprint {data.get('fingerprint')})")
     click.echo(f"files:    {', '.join(f'{k} ({v:,} B)' for k, v in doc['files'].items())}")
     click.echo(f"url:      {doc['url']}")
+    decision = doc.get("decision")
+    if decision:
+        click.echo(f"decision: {decision.get('outcome')} ({decision.get('decided_at')}), "
+                   f"compared with {decision.get('champion') or '-'}: "
+                   f"{'; '.join(decision.get('reasons', []))}")
+        for side in ("champion", "challenger"):
+            if (decision.get("metrics") or {}).get(side):
+                click.echo(f"  {side:<10}  {_metrics(decision['metrics'][side])}")
 
 
 @models.command("promote")

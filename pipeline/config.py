@@ -330,8 +330,54 @@ class EvaluateSpec(_Spec):
 
 
 class MonitorSpec(_Spec):
+    """Drift and quality checks of new data against the bundle's reference profile
+    (``profile.json``): every ``mlpipe score``, ``mlpipe monitor`` and the retrain gate.
+
+    A check is flagged when its effect size reaches its threshold AND its p-value is below
+    ``alpha``: a large shift seen on a handful of rows is noise, and a tiny shift that is
+    significant only because there are 100M rows is not worth an alarm.
+    """
+
+    #: equal-frequency bins per numeric column (edges: training quantiles).
     bins: int = Field(20, ge=2, le=1000)
+    #: population stability index at or above which a column has drifted.
     psi_threshold: float = Field(0.2, gt=0.0)
+    #: Kolmogorov-Smirnov distance (on the binned CDFs) at or above which a number drifted.
+    ks_threshold: float = Field(0.1, gt=0.0, le=1.0)
+    #: Cramer's V of the chi-square test at or above which a category column drifted.
+    cramers_v_threshold: float = Field(0.1, gt=0.0, le=1.0)
+    #: change of the missing share, or unseen share above the expected one, that is drift.
+    share_threshold: float = Field(0.05, gt=0.0, lt=1.0)
+    #: significance level of one check run (drift and decay), shared among its tests
+    #: (Bonferroni over the columns, checks, metrics and time chunks).
+    alpha: float = Field(0.01, gt=0.0, lt=0.5)
+    #: levels of a category column kept apart in its histogram (the rest pooled).
+    top_levels: int = Field(20, ge=1, le=1000)
+    #: training rows the numeric bin edges are computed from (counts use every row).
+    sample_rows: int = Field(100_000, ge=1000)
+    #: quality decay: the worsening of a metric (absolute for metrics in [0, 1], relative
+    #: to the baseline for log loss, RMSE, MAE, ...) that is decay, once it is beyond the
+    #: confidence interval.
+    max_decay: float = Field(0.02, ge=0.0)
+    #: metrics whose decay is judged (default: the job's primary metric).
+    metrics: list[str] | None = None
+
+
+class RefineSpec(_Spec):
+    """The champion/challenger gate of every run of a model that already has a current
+    version (``mlpipe run`` and ``mlpipe retrain``)."""
+
+    #: if_better: promote only a challenger that passes the gate; always: promote anyway
+    #: (the comparison is still recorded); never: register it, never promote it.
+    promote: Literal["if_better", "always", "never"] = "if_better"
+    #: the least improvement of the primary metric over the champion, on the same holdout
+    #: rows (absolute, in the metric's unit; 0: at least as good).
+    min_improvement: float = Field(0.0, ge=0.0)
+    #: {metric: tolerance}: metrics that may not get worse than the champion's by more
+    #: than the tolerance (absolute).
+    guards: dict[str, float] = {}
+    #: refuse a challenger whose own holdout drifted from its training rows.
+    drift_check: bool = True
 
 
 # --------------------------------------------------------------------------- cluster
@@ -409,6 +455,7 @@ class JobSpec(_Spec):
     storage_options: dict[str, Any] = {}
     cluster: ClusterSpec = ClusterSpec()
     monitor: MonitorSpec = MonitorSpec()
+    refine: RefineSpec = RefineSpec()
     #: passed to dask.config.set as is, e.g. {distributed.scheduler.no-workers-timeout: 60s}
     dask: dict[str, Any] = {}
     #: where the job file was read from (not part of the file).
@@ -480,6 +527,15 @@ class JobSpec(_Spec):
         if self.search.method == "halving" and self.search.strategy == "full":
             raise ValueError("search.method halving runs on the in-memory sample; use "
                              "strategy: sample with it")
+        from pipeline.models import METRICS as TASK_METRICS
+
+        for where, names in (("monitor.metrics", self.monitor.metrics or []),
+                             ("refine.guards", list(self.refine.guards))):
+            for name in names:
+                if name not in TASK_METRICS[task]:
+                    raise ValueError(f"{where}: {name!r} is not a {task} metric"
+                                     f"{did_you_mean(name, TASK_METRICS[task])}; use one of: "
+                                     f"{', '.join(TASK_METRICS[task])}")
         for column in self.preprocess.encode:
             if column == self.data.target:
                 raise ValueError(f"preprocess.encode names the target {column!r}")

@@ -10,6 +10,13 @@ per-customer window features), missing values that depend on other columns, and 
 
 Every partition is generated independently from ``(seed, partition number)``: the data is the
 same for the same arguments on any cluster, and 100M+ rows never sit in memory at once.
+
+Drift of a known kind, for monitoring demos and tests (``drift``, ``strength`` in [0, 1] and
+``start``, the first month it applies to, by ``applied_at``): ``covariate`` changes who
+applies (higher incomes, lower credit scores, fuller credit lines, more small-business loans
+and broker applications) while the way they default given what they are stays the same;
+``concept`` keeps the applicants and changes why they default (the effects of debt, credit
+score and utilisation turn around). Rows before ``start`` are the undrifted data, row for row.
 """
 
 from __future__ import annotations
@@ -52,12 +59,22 @@ def _branch_effect(rng_seed: int) -> np.ndarray:
     return np.random.default_rng([rng_seed, 10**6]).normal(0.0, 0.35, N_BRANCHES)
 
 
-def make_partition(number: int, rows: int, seed: int = 0) -> Any:
-    """One partition of the demo data as a pandas DataFrame (deterministic)."""
+DRIFTS = ("covariate", "concept")
+
+
+def make_partition(number: int, rows: int, seed: int = 0, drift: str | None = None,
+                   strength: float = 1.0, start: str | None = None) -> Any:
+    """One partition of the demo data as a pandas DataFrame (deterministic).
+
+    ``drift`` (``covariate`` or ``concept``), ``strength`` and ``start`` (``YYYY-MM``: the
+    first drifted month; None: every row) are described in the module docstring.
+    """
     import pandas as pd
 
     if rows == 0:  # the empty frame with the right dtypes (dask's meta)
         return make_partition(number, 1, seed).iloc[:0]
+    if drift is not None and drift not in DRIFTS:
+        raise ValueError(f"drift must be one of {DRIFTS} or None, not {drift!r}")
     rng = np.random.default_rng([seed, number])
     n = rows
     age = np.clip(rng.normal(42, 13, n), 18, 90).round().astype(np.int64)
@@ -90,6 +107,16 @@ def make_partition(number: int, rows: int, seed: int = 0) -> Any:
     channel = rng.choice(len(CHANNELS), n, p=[0.55, 0.3, 0.15])
     customer = rng.integers(0, N_CUSTOMERS, n)
     applied = START + np.sort(rng.integers(0, SPAN_S, n)).astype("timedelta64[s]")
+    shifted = np.zeros(n, dtype=bool) if drift is None else (
+        applied >= np.datetime64(f"{start}-01", "s") if start else np.ones(n, dtype=bool))
+    if drift == "covariate" and shifted.any():
+        # other applicants; their risk given what they are is computed below as before
+        other = np.random.default_rng([seed, number, 7919])
+        income = np.where(shifted, (income * (1 + 0.6 * strength)).round(2), income)
+        credit = np.where(shifted, np.clip(credit - 45 * strength, 300, 850), credit)
+        util = np.where(shifted, np.clip(util + 0.15 * strength, 0, 1).round(4), util)
+        purpose = np.where(shifted & (other.random(n) < 0.3 * strength), 5, purpose)
+        channel = np.where(shifted & (other.random(n) < 0.3 * strength), 2, channel)
 
     # the risk: non-linear in the numbers, interacting with the categories, plus noise
     dti_payment = payment / (income / 12)
@@ -101,6 +128,14 @@ def make_partition(number: int, rows: int, seed: int = 0) -> Any:
              + 0.25 * (channel == 2) + 0.8 * (rate - 0.12) * 10
              + _branch_effect(seed)[branch] + 0.015 * np.abs(age - 45) ** 0.5
              + rng.normal(0, 0.8, n))
+    if drift == "concept" and shifted.any():
+        # the same applicants, other reasons to default: debt, credit score and utilisation
+        # act the other way round
+        turned = (-1.9 - 2.2 * np.tanh(3 * (debt - 0.35)) + 0.012 * (credit - 690)
+                  - 1.3 * (util > 0.8) + 0.35 * np.minimum(inquiries, 6)
+                  + 0.6 * (channel == 1)
+                  + np.random.default_rng([seed, number, 7919]).normal(0, 0.8, n))
+        logit = np.where(shifted, (1 - strength) * logit + strength * turned, logit)
     default = rng.random(n) < 1 / (1 + np.exp(-logit))
 
     frame = pd.DataFrame({
@@ -161,11 +196,14 @@ def _missing_labels(rng: np.random.Generator, values: np.ndarray, share: float) 
 
 
 def write_demo_data(url: str, rows: int, *, seed: int = 0, rows_per_part: int = 250_000,
-                    storage_options: dict[str, Any] | None = None) -> dict:
+                    storage_options: dict[str, Any] | None = None, drift: str | None = None,
+                    strength: float = 1.0, start: str | None = None) -> dict:
     """Generate ``rows`` rows as Parquet parts under ``url``, in parallel on the current cluster.
 
     Parts are named ``part-00000.parquet`` ... and the directory is replaced as a whole: old
-    parts are removed first, so a smaller rerun leaves no stale part behind.
+    parts are removed first, so a smaller rerun leaves no stale part behind. With ``drift``
+    the rows are new ones (not those of the undrifted data of the same seed), drifted from
+    ``start`` on.
 
     Examples
     --------
@@ -184,7 +222,11 @@ def write_demo_data(url: str, rows: int, *, seed: int = 0, rows_per_part: int = 
     if fs.exists(path):
         fs.rm(path, recursive=True)
     meta = make_partition(0, 0, seed)
-    ddf = dd.from_map(make_partition, range(len(sizes)), sizes, seed=seed, meta=meta,
+    # drifted data are new rows of the same generator: their partitions are numbered from
+    # 10,000, so they never repeat the rows of the undrifted data of the same seed
+    first = 10_000 if drift else 0
+    ddf = dd.from_map(make_partition, range(first, first + len(sizes)), sizes, seed=seed,
+                      drift=drift, strength=strength, start=start, meta=meta,
                       divisions=[None] * (len(sizes) + 1), enforce_metadata=False)
     ddf.to_parquet(url, storage_options=dict(storage_options or {}), write_index=False,
                    name_function=lambda i: f"part-{i:05d}.parquet", write_metadata_file=False)

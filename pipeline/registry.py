@@ -123,7 +123,8 @@ def show_model(root: str, name: str, version: str | None = None, *,
                 "updated_at": current.get("updated_at") if current else None,
                 "reason": current.get("reason") if current else None,
                 "history": list(current.get("history", [])) if current else [],
-                "versions": list(records.values())}
+                "versions": list(records.values()),
+                "decisions": decisions(root, name, storage_options=storage_options)}
     if version == "current":
         if current is None:
             raise BundleError(f"model {name!r} has no current version at {root}")
@@ -141,7 +142,9 @@ def show_model(root: str, name: str, version: str | None = None, *,
             "family": manifest.get("family"), "headline": manifest.get("headline", {}),
             "data": manifest.get("data", {}),
             "files": {k: v["size"] for k, v in manifest.get("files", {}).items()},
-            "versions": manifest.get("versions", {}), "url": bundle.url}
+            "versions": manifest.get("versions", {}), "url": bundle.url,
+            "decision": next((d for d in decisions(root, name, storage_options=storage_options)
+                              if d.get("run_id") == version), None)}
 
 
 # --------------------------------------------------------------------------- changing
@@ -252,6 +255,56 @@ def _register(fs: Any, path: str, name: str, bundle: Any) -> None:
                                create_once=True)
     except FileExistsError:
         pass  # registered before (records are create-once, never rewritten)
+
+
+def register(root: str, name: str, run_id: str, *,
+             storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Register a completed run as a version of ``name`` without making it current (a
+    challenger the gate did not promote). Verified first, like :func:`promote`; registering
+    twice is a no-op. Returns the version record.
+
+    Examples
+    --------
+    >>> register("s3://bucket/mlpipe", "demo", "20261129T033012.123Z-1a2b3c4d-9f8e")["run_id"]
+    ...                                                                 # doctest: +SKIP
+    '20261129T033012.123Z-1a2b3c4d-9f8e'
+    """
+    fs, path = artifacts.filesystem(_models_dir(root, name), storage_options)
+    bundle = _verified_run(root, name, run_id, storage_options)
+    _register(fs, path, name, bundle)
+    return _records(fs, path).get(run_id, {})
+
+
+#: one file per challenger the gate judged: ``models/<name>/decisions/<run_id>.json``
+DECISIONS = "decisions"
+
+
+def record_decision(root: str, name: str, record: Mapping[str, Any], *,
+                    storage_options: Mapping[str, Any] | None = None) -> None:
+    """Keep the gate's decision on a run (create-once: a decision is never rewritten)."""
+    fs, path = artifacts.filesystem(_models_dir(root, name), storage_options)
+    if artifacts.is_local(fs):
+        fs.makedirs(artifacts.join(path, DECISIONS), exist_ok=True)
+    target = artifacts.join(path, DECISIONS, f"{record['run_id']}.json")
+    try:
+        artifacts.atomic_write(fs, target, json.dumps(record, indent=2, sort_keys=True,
+                                                      default=str).encode(), create_once=True)
+    except FileExistsError:
+        logger.warning("a decision on %s was already recorded; kept the first", record["run_id"])
+
+
+def decisions(root: str, name: str, *, storage_options: Mapping[str, Any] | None = None
+              ) -> list[dict[str, Any]]:
+    """The gate's decisions on the versions of ``name``, newest first."""
+    fs, path = artifacts.filesystem(_models_dir(root, name), storage_options)
+    files = [e for e in _ls(fs, artifacts.join(path, DECISIONS)) if e.endswith(".json")]
+    out = []
+    for key, raw in (fs.cat(files).items() if files else []):
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            logger.warning("ignoring unreadable decision record %s", key)
+    return sorted(out, key=lambda d: str(d.get("decided_at", "")), reverse=True)
 
 
 # --------------------------------------------------------------------------- cleanup
@@ -382,5 +435,5 @@ def parse_age(text: str) -> dt.timedelta:
     return dt.timedelta(seconds=seconds)
 
 
-__all__ = ["list_models", "show_model", "promote", "rollback", "cleanup", "parse_age",
-           "ConflictError", "BundleError"]
+__all__ = ["list_models", "show_model", "promote", "register", "rollback", "cleanup",
+           "parse_age", "decisions", "record_decision", "ConflictError", "BundleError"]

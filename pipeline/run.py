@@ -41,6 +41,8 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
     family: str = "xgboost"
+    #: the champion/challenger gate's decision (pipeline.monitor.settle): outcome, reasons
+    decision: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
         """The headline holdout metrics as a small text table."""
@@ -104,7 +106,7 @@ class Stopwatch:
 
 def run(job: JobSpec | str | Path, *, overrides: Sequence[str] = (), client: Client | None = None,
         address: str | None = None,
-        on_stage: Callable[[str], None] | None = None) -> RunResult:
+        on_stage: Callable[[str], None] | None = None, publish: bool = True) -> RunResult:
     """Run a job end to end and publish its model bundle.
 
     Parameters
@@ -119,6 +121,9 @@ def run(job: JobSpec | str | Path, *, overrides: Sequence[str] = (), client: Cli
     on_stage
         Called with each stage's name when it ends (progress reporting, cooperative
         cancellation: an exception raised there stops the run before anything is published).
+    publish
+        Let the gate promote the run when it passes (``refine:``); False decides and records
+        without promoting (a dry run). The version is written and registered either way.
 
     Examples
     --------
@@ -129,17 +134,17 @@ def run(job: JobSpec | str | Path, *, overrides: Sequence[str] = (), client: Cli
     if not isinstance(job, JobSpec):
         job = load_job(job, overrides)
     if client is not None:
-        return _run(job, client, on_stage)
+        return _run(job, client, on_stage, publish)
     import cluster
 
     spec = job.cluster.model_dump(by_alias=True)
     with cluster.connect(spec, address=address, dask_config=job.dask) as client:
         logger.info("dashboard: %s", client.dashboard_link)
-        return _run(job, client, on_stage)
+        return _run(job, client, on_stage, publish)
 
 
 def _run(job: JobSpec, client: Client,
-         on_stage: Callable[[str], None] | None = None) -> RunResult:
+         on_stage: Callable[[str], None] | None = None, publish: bool = True) -> RunResult:
     """The Dask performance report covers the whole run; it ends before the bundle."""
     import contextlib
     import tempfile
@@ -158,13 +163,13 @@ def _run(job: JobSpec, client: Client,
             perf.close()
             return Path(path).read_bytes()
 
-        return _stages(job, client, Stopwatch(on_stage), report)
+        return _stages(job, client, Stopwatch(on_stage), report, publish)
 
 
 def _stages(job: JobSpec, client: Client, watch: Stopwatch,
-            performance_report: Callable[[], bytes]) -> RunResult:
+            performance_report: Callable[[], bytes], publish: bool = True) -> RunResult:
     import cluster
-    from pipeline import bundle, evaluate, load, select, split, steps, train
+    from pipeline import bundle, evaluate, load, monitor, select, split, steps, train
     from pipeline.resume import StageStore, stage_key
 
     data = job.data
@@ -206,15 +211,24 @@ def _stages(job: JobSpec, client: Client, watch: Stopwatch,
     _warn(board)
     watch.lap("evaluate", f"chosen: {winner}; holdout {job.primary_metric} = "
                           f"{evaluate.fmt_metric(chosen.holdout.get(job.primary_metric))}")
+    profile = monitor.reference_profile(job, parts, chosen.predictor, chosen.holdout, client,
+                                        sample)
+    verdict = monitor.challenge(job, chosen.holdout, parts.holdout, profile, client,
+                                training.source.fingerprint)
+    watch.lap("gate", f"gate: {'pass' if verdict.promote else 'no promotion'} "
+                      f"({'; '.join(verdict.reasons)})")
     published = bundle.write(job, training, rows, winner, chosen, searches, board,
-                             parts.holdout, watch.stages, client, performance_report)
-    store.clear()  # published: nothing left to resume
+                             parts.holdout, watch.stages, client, performance_report,
+                             profile=profile, gate=verdict.to_json(), publish=False)
+    store.clear()  # written: nothing left to resume
     watch.lap("bundle", f"bundle written: {published.run_url}")
+    decision = monitor.settle(job, published.run_id, verdict, publish=publish,
+                              data_fingerprint=training.source.fingerprint)
     return RunResult(run_id=published.run_id, run_url=published.run_url,
                      model_url=published.model_url, task=data.task,
                      metrics=published.metrics, headline=published.metrics["headline"],
                      manifest=published.manifest, timings=watch.stages, leaderboard=board,
-                     family=winner)
+                     family=winner, decision=decision)
 
 
 def _refit(job: JobSpec, found: Any, prefix: Any, sample: Any, parts: Any, train_rows: Any,

@@ -10,8 +10,16 @@ Two ways in:
 The output of :func:`score_to`::
 
     <output>/part-00000.parquet ...   one part per input partition; ids + predictions
-    <output>/_manifest.json           model, input fingerprint, rows in/out, data report, parts
+    <output>/_drift.json              drift of the input and the predictions against the
+                                      model's reference profile (pipeline.monitor)
+    <output>/_manifest.json           model, input fingerprint, rows in/out, data report, parts,
+                                      the sha256 of _drift.json
     <output>/_SUCCESS                 written last: the output is complete and verified
+
+Drift costs no extra pass: the task that scores a partition also sketches it (bin counts of
+every input column and of the predictions, with the bundle's ``profile.json`` bins); only the
+sketch goes back to the driver (and into the part's footer, so a resumed job keeps it), where
+the sketches are added up and compared with the reference (:func:`pipeline.monitor.drift_report`).
 
 How it stays correct when something fails:
 
@@ -47,6 +55,7 @@ from typing import Any
 
 from pipeline.errors import did_you_mean
 from pipeline.load import DataError, Piece, pieces_meta, read_piece
+from pipeline.monitor import DRIFT, PROFILE, binnings, drift_report, merge, sketch_frame
 
 logger = logging.getLogger("pipeline")
 
@@ -61,7 +70,7 @@ PARTITION_ROWS = 500_000
 BLOCKSIZE = 64 * 2**20
 
 _PART = re.compile(r"^part-(\d+)\.parquet$")
-_OURS = re.compile(r"^(part-\d+\.parquet|_SUCCESS|_manifest\.json|\.tmp-.*)$")
+_OURS = re.compile(r"^(part-\d+\.parquet|_SUCCESS|_manifest\.json|_drift\.json|\.tmp-.*)$")
 _PIECE_ATTR = "mlpipe.score.piece"
 
 
@@ -197,6 +206,7 @@ class Plan:
     partition_rows: int
     blocksize: int
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    drift: bool = False  # the bundle has a reference profile: every part carries its sketch
 
     @property
     def width(self) -> int:
@@ -260,7 +270,8 @@ def plan_score(model_url: str, input_url: str, output_url: str, *,
                 pieces=pieces, read_columns=columns, id_columns=id_columns,
                 prediction_columns=list(predictor.prediction_columns()), csv_dtypes=dtypes,
                 csv_sep=sep, extra_columns=extra, output=output_url, key=key,
-                partition_rows=partition_rows, blocksize=blocksize, storage_options=options)
+                partition_rows=partition_rows, blocksize=blocksize, storage_options=options,
+                drift=bundle.has(PROFILE))
 
 
 def _parse_bytes(value: int | str) -> int:
@@ -336,7 +347,7 @@ def _read_piece(piece: Piece, plan: Mapping[str, Any]) -> Any:
 
 
 _STATS_COLUMNS = {"partition": "int64", "rows_in": "int64", "rows_out": "int64",
-                  "bytes": "int64", "report": "str"}
+                  "bytes": "int64", "report": "str", "drift": "str"}
 
 
 def _stats_meta() -> Any:
@@ -345,8 +356,11 @@ def _stats_meta() -> Any:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _STATS_COLUMNS.items()})
 
 
-def _score_part(df: Any, predictor: Any, plan: Mapping[str, Any]) -> Any:
-    """Predict one partition, write its part (complete or not at all), return one stats row."""
+def _score_part(df: Any, predictor: Any, plan: Mapping[str, Any], bins: Any = None) -> Any:
+    """Predict one partition, write its part (complete or not at all), return one stats row.
+
+    ``bins``: the (inputs, outputs) :class:`pipeline.monitor.Binning` of the model's reference
+    profile; the partition's drift sketch rides in the stats row and the part's footer."""
     import pandas as pd
 
     piece: Piece | None = df.attrs.get(_PIECE_ATTR)
@@ -365,10 +379,12 @@ def _score_part(df: Any, predictor: Any, plan: Mapping[str, Any]) -> Any:
         report = {"missing_values": {k: int(v) for k, v in report["missing_values"].items() if v},
                   "unseen_categories": {k: int(v) for k, v in
                                         report["unseen_categories"].items() if v}}
+        drift = None if bins is None else {"inputs": sketch_frame(df, bins[0]),
+                                           "outputs": sketch_frame(out, bins[1])}
         info = {"job": plan["key"], "partition": piece.index, "rows": len(out),
                 "rows_in": len(df), "source": where, "model_run_id": plan["run_id"],
                 "manifest_sha256": plan["manifest_sha256"],
-                "input_fingerprint": plan["fingerprint"], "report": report}
+                "input_fingerprint": plan["fingerprint"], "report": report, "drift": drift}
         data = _parquet_bytes(out, info)
         _write_part(plan, _name(plan, piece.index), data)
     except ScoreError:
@@ -377,7 +393,8 @@ def _score_part(df: Any, predictor: Any, plan: Mapping[str, Any]) -> Any:
         raise ScoreError(f"scoring failed on {where}: {type(exc).__name__}: {exc}") from exc
     return pd.DataFrame({"partition": [piece.index], "rows_in": [len(df)],
                          "rows_out": [len(out)], "bytes": [len(data)],
-                         "report": [json.dumps(report)]}).astype(_STATS_COLUMNS)
+                         "report": [json.dumps(report)],
+                         "drift": [json.dumps(drift)]}).astype(_STATS_COLUMNS)
 
 
 def _name(plan: Mapping[str, Any], index: int) -> str:
@@ -427,6 +444,8 @@ def _verified_parts(plan: Plan) -> dict[int, dict[str, Any]]:
         if info is None or info.get("job") != plan.key or info.get("partition") != piece.index:
             return piece.index, None
         if piece.rows is not None and info.get("rows_in") != piece.rows:
+            return piece.index, None
+        if plan.drift and not info.get("drift"):  # written without its sketch: redo it
             return piece.index, None
         info["bytes"] = int(entry.get("size") or 0)
         return piece.index, info
@@ -539,14 +558,22 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
 
     stats: dict[int, dict[str, Any]] = {}
     if todo:
+        bins = binnings(bundle.json(PROFILE)) if plan.drift else None
         stats = _run_parts(client, predictor, plan, todo, started, progress_every,
-                           as_completed)
+                           as_completed, bins)
     for index, info in done.items():
         stats[index] = {"rows_in": info["rows_in"], "rows_out": info["rows"],
-                        "bytes": info["bytes"], "report": info.get("report", {})}
+                        "bytes": info["bytes"], "report": info.get("report", {}),
+                        "drift": info.get("drift")}
     _remove_stale(fs, out, plan)
     seconds = time.perf_counter() - started
     manifest = _manifest(plan, stats, done, started_at, seconds)
+    drift = _drift(bundle, plan, stats)
+    drift_payload = json.dumps(drift, indent=2, sort_keys=True, default=str).encode()
+    artifacts.atomic_write(fs, artifacts.join(out, DRIFT), drift_payload)
+    manifest["drift"] = {"file": DRIFT, "sha256": artifacts.sha256(drift_payload),
+                         "drift": drift.get("drift"), "drifted": drift.get("drifted", []),
+                         "outputs_drifted": drift.get("outputs_drifted", [])}
     payload = json.dumps(manifest, indent=2, sort_keys=True).encode()
     artifacts.atomic_write(fs, artifacts.join(out, MANIFEST), payload)
     artifacts.atomic_write(fs, artifacts.join(out, SUCCESS), json.dumps(
@@ -568,7 +595,7 @@ def _unpublish(fs: Any, out: str) -> None:
     """The output is about to change: a reader must not take it for complete meanwhile."""
     from pipeline import artifacts
 
-    for name in (SUCCESS, MANIFEST):
+    for name in (SUCCESS, MANIFEST, DRIFT):
         path = artifacts.join(out, name)
         try:
             fs.rm_file(path)
@@ -592,7 +619,8 @@ def _plan_for_tasks(plan: Plan) -> dict[str, Any]:
 
 
 def _run_parts(client: Any, predictor: Any, plan: Plan, todo: list[Piece], started: float,
-               progress_every: float, as_completed: Any) -> dict[int, dict[str, Any]]:
+               progress_every: float, as_completed: Any,
+               bins: Any = None) -> dict[int, dict[str, Any]]:
     import dask.dataframe as dd
 
     task_plan = _plan_for_tasks(plan)
@@ -601,8 +629,10 @@ def _run_parts(client: Any, predictor: Any, plan: Plan, todo: list[Piece], start
                       divisions=[None] * (len(todo) + 1), enforce_metadata=False,
                       label="mlpipe-score-read")
     remote = _broadcast(predictor, client)
-    written = raw.map_partitions(_score_part, remote, task_plan, meta=_stats_meta(),
-                                 enforce_metadata=False)
+    # the bins hold every training level of the category columns: sent to each worker once
+    remote_bins = None if bins is None else _broadcast(bins, client)
+    written = raw.map_partitions(_score_part, remote, task_plan, remote_bins,
+                                 meta=_stats_meta(), enforce_metadata=False)
     futures = client.compute(written.to_delayed())
     stats: dict[int, dict[str, Any]] = {}
     rows = 0
@@ -613,7 +643,8 @@ def _run_parts(client: Any, predictor: Any, plan: Plan, todo: list[Piece], start
             stats[int(row["partition"])] = {"rows_in": int(row["rows_in"]),
                                             "rows_out": int(row["rows_out"]),
                                             "bytes": int(row["bytes"]),
-                                            "report": json.loads(row["report"])}
+                                            "report": json.loads(row["report"]),
+                                            "drift": json.loads(row["drift"])}
             rows += int(row["rows_in"])
             now = time.perf_counter()
             if now - last_log >= progress_every or len(stats) == len(todo):
@@ -715,6 +746,50 @@ def _manifest(plan: Plan, stats: Mapping[int, Mapping[str, Any]],
         "rows_per_second": round(scored / seconds, 1) if scored and seconds > 0 else None,
         "versions": artifacts.library_versions(),
     }
+
+
+def _drift(bundle: Any, plan: Plan, stats: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """``_drift.json``: the merged sketches of every part against the model's profile."""
+    model = {"run_id": plan.run_id, "manifest_sha256": plan.manifest_sha256,
+             "url": plan.model_url}
+    if not plan.drift:
+        return {"format": "mlpipe-drift/1", "drift": None, "model": model,
+                "note": f"model run {plan.run_id} has no {PROFILE} (it was trained before "
+                        "mlpipe monitored drift): no drift was computed; retrain it to get one"}
+    current = merge(*(s["drift"] for _, s in sorted(stats.items())))
+    report = drift_report(bundle.json(PROFILE), current)
+    flagged = report["drifted"] + [f"output {c}" for c in report["outputs_drifted"]]
+    if flagged:
+        logger.warning("drift against the training data of %s in %s (details: %s)",
+                       plan.run_id, ", ".join(flagged), DRIFT)
+    else:
+        logger.info("no drift against the training data of %s (%s columns checked)",
+                    plan.run_id, len(report["columns"]) + len(report["outputs"]))
+    return {**report, "model": model, "input": plan.source.url}
+
+
+def read_drift(output_url: str, storage_options: Mapping[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """``_drift.json`` of a *published* score output, checked against its manifest's sha256.
+
+    Examples
+    --------
+    >>> read_drift("s3://b/scores/2026-11-29")["drifted"]             # doctest: +SKIP
+    ['income']
+    """
+    from pipeline import artifacts
+
+    manifest = read_manifest(output_url, storage_options)
+    listed = manifest.get("drift")
+    if not listed:
+        raise ScoreError(f"{output_url} was scored by an mlpipe without drift monitoring (its "
+                         f"manifest lists no {DRIFT}); score it again")
+    fs, out = artifacts.filesystem(output_url, storage_options)
+    raw = fs.cat_file(artifacts.join(out, DRIFT))
+    if artifacts.sha256(raw) != listed["sha256"]:
+        raise ScoreError(f"{output_url}/{DRIFT} does not match its manifest; the output was "
+                         "changed after it was published")
+    return json.loads(raw)
 
 
 def read_manifest(output_url: str, storage_options: Mapping[str, Any] | None = None

@@ -23,9 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "kernels", "cluster")
 WORKFLOW = "pipeline.run"
-#: the modules that may import the workflow: the CLI, ``pipeline.run`` behind the package's
-#: lazy ``__getattr__``, and the job runner (it runs the workflow on a cluster).
-MAY_IMPORT_WORKFLOW = frozenset({"pipeline.cli", "pipeline", "pipeline.jobs"})
+#: the modules that may import the workflow: the CLI (``mlpipe run``, ``mlpipe retrain``),
+#: ``pipeline.run`` behind the package's lazy ``__getattr__``, and the job runner (it runs the
+#: workflow on a cluster).
+MAY_IMPORT_WORKFLOW = frozenset({"pipeline.cli", "pipeline.cli_monitor", "pipeline",
+                                 "pipeline.jobs"})
 
 
 @dataclass(frozen=True)

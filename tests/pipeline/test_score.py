@@ -27,7 +27,7 @@ from pipeline.cli import main
 from pipeline.config import load_job
 from pipeline.load import DataError
 from pipeline.run import run
-from pipeline.score import MANIFEST, PART_KEY, SUCCESS, read_manifest, score, score_to
+from pipeline.score import DRIFT, MANIFEST, PART_KEY, SUCCESS, read_manifest, score, score_to
 from tests.conftest import demo_job
 
 pytestmark = pytest.mark.integration
@@ -138,7 +138,7 @@ def test_score_to_files_then_rerun_is_idempotent(client, trained: SimpleNamespac
     frame = demo_frame(demo_dir)
     assert_same_rows(output_frame(out), expected(trained.second.run_url, frame))
     assert sorted(p.name for p in out.iterdir()) == sorted([
-        MANIFEST, SUCCESS, *(f"part-{i:05d}.parquet" for i in range(4))])
+        MANIFEST, SUCCESS, DRIFT, *(f"part-{i:05d}.parquet" for i in range(4))])
 
     manifest = read_manifest(str(out))
     assert manifest["model"]["run_id"] == trained.second.run_id
@@ -180,7 +180,7 @@ def test_rerun_replaces_damaged_foreign_and_stale_parts(client, trained: SimpleN
                       client=client)
     assert (result.written, result.skipped) == (3, 1)
     assert sorted(p.name for p in out.iterdir()) == sorted([
-        MANIFEST, SUCCESS, *(f"part-{i:05d}.parquet" for i in range(4))])
+        MANIFEST, SUCCESS, DRIFT, *(f"part-{i:05d}.parquet" for i in range(4))])
     assert_same_rows(output_frame(out), expected(trained.second.run_url, demo_frame(demo_dir)))
 
     # another model version: every part is replaced, none is mixed in
@@ -244,7 +244,7 @@ def test_score_on_s3(client, trained: SimpleNamespace, demo_dir: Path, bucket: s
     assert (result.written, result.rows_out) == (4, 20_000)
     fs.invalidate_cache()
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(out))
-    assert names == sorted([MANIFEST, SUCCESS, *(f"part-{i:05d}.parquet" for i in range(4))])
+    assert names == sorted([MANIFEST, SUCCESS, DRIFT, *(f"part-{i:05d}.parquet" for i in range(4))])
     assert read_manifest(out)["model"]["run_id"] == trained.second.run_id
     assert_same_rows(output_frame(out, fs), expected(trained.second.run_url, demo_frame(demo_dir)))
     assert not fs.call_s3("list_multipart_uploads", Bucket=bucket[5:]).get("Uploads")
