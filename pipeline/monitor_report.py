@@ -14,7 +14,6 @@ import functools
 import html
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 __all__ = ["render", "with_comparison"]
@@ -27,14 +26,9 @@ _MAX_HISTOGRAMS = 24
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> Any:
-    import jinja2
+    from pipeline.report import template_environment
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-        lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(num=_num, pct=_pct, p=_p)
-    return env
+    return template_environment(num=_num, pct=_pct, p=_p)
 
 
 def _num(value: Any, digits: int = 4) -> str:

@@ -26,7 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PERFORMANCE_REPORT", "REPORT", "bundle_docs", "render", "render_bundle"]
+__all__ = ["PERFORMANCE_REPORT", "REPORT", "bundle_docs", "render", "render_bundle",
+           "template_environment"]
 
 #: the report's name inside a bundle.
 REPORT = "report.html"
@@ -190,17 +191,23 @@ def render_bundle(url: str, storage_options: Mapping[str, Any] | None = None, *,
 # --------------------------------------------------------------------------- template
 
 
-@functools.lru_cache(maxsize=1)
-def _environment() -> Any:
+def template_environment(**filters: Any) -> Any:
+    """The jinja2 environment of our HTML pages (``pipeline/templates``: autoescaped, strict
+    about undefined names), with ``filters`` added."""
     import jinja2
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
         lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(num=_num, pct=_pct, nbytes=_bytes, seconds=_seconds, exact=_exact,
-                       label=_label, plain=_plain, whole=_whole)
+    env.filters.update(filters)
     return env
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> Any:
+    return template_environment(num=_num, pct=_pct, nbytes=_bytes, seconds=_seconds,
+                                exact=_exact, label=_label, plain=_plain, whole=_whole)
 
 
 def _label(name: Any) -> str:
