@@ -17,7 +17,6 @@ with :func:`pipeline.demo.write_demo_data`; ``MLPIPE_BENCH_DATA=<dir>`` keeps it
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -25,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_score import ROWS_PER_PART, demo_data, subset
+
 ROWS = 4_000_000
 ROWS_TRAIN = 500_000
-ROWS_PER_PART = 250_000
 #: timed runs of each, alternating which goes first (the machine's load drifts)
 ATTEMPTS = 3
 IDS = ["application_id"]
@@ -51,32 +51,6 @@ def run(scale: float = 1.0) -> list[dict]:
             return [measure(client, model, plain, data, rows, work)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def demo_data(root: Path, rows: int, client: Any) -> Path:
-    from pipeline.demo import write_demo_data
-
-    for done in sorted(root.glob("demo-*/_DONE")):  # a kept dataset at least this large
-        info = json.loads(done.read_text())
-        if info.get("rows", 0) >= rows and info.get("rows_per_part") == ROWS_PER_PART:
-            return done.parent
-    out = root / f"demo-{rows}"
-    start = time.perf_counter()
-    info = write_demo_data(str(out), rows, rows_per_part=ROWS_PER_PART)
-    (out / "_DONE").write_text(json.dumps({**info, "rows_per_part": ROWS_PER_PART}))
-    print(f"   generated {rows:,} demo rows in {time.perf_counter() - start:.0f} s", flush=True)
-    return out
-
-
-def subset(full: Path, rows: int, where: Path) -> Path:
-    """The first ``rows`` rows of the demo data, as links to its first parts."""
-    where.mkdir(parents=True)
-    for part in sorted(full.glob("part-*.parquet"))[: rows // ROWS_PER_PART]:
-        try:
-            os.link(part, where / part.name)
-        except OSError:  # another filesystem
-            os.symlink(part, where / part.name)
-    return where
 
 
 def train(data: Path, output: Path, client: Any) -> str:

@@ -53,8 +53,8 @@ def run(scale: float = 1.0) -> list[dict]:
     data_root = Path(keep) if keep else work
     try:
         with cluster.connect({"n_workers": 2, "threads_per_worker": 1}) as client:
-            full = _demo_data(data_root, max(sizes.values()), client)
-            inputs = {k: _subset(full, n, work / f"input-{k}") for k, n in sizes.items()}
+            full = demo_data(data_root, max(sizes.values()), client)
+            inputs = {k: subset(full, n, work / f"input-{k}") for k, n in sizes.items()}
             model_url = _train(inputs["train"], work / "mlpipe", client)
             rows = [_throughput(client, model_url, inputs["throughput"], sizes["throughput"],
                                 work)]
@@ -68,7 +68,8 @@ def run(scale: float = 1.0) -> list[dict]:
 # --------------------------------------------------------------------------- data and model
 
 
-def _demo_data(root: Path, rows: int, client: Any) -> Path:
+def demo_data(root: Path, rows: int, client: Any) -> Path:
+    """The demo data, ``rows`` rows at least: a kept dataset under ``root``, or written now."""
     from pipeline.demo import write_demo_data
 
     for done in sorted(root.glob("demo-*/_DONE")):  # any kept dataset at least this large
@@ -83,7 +84,7 @@ def _demo_data(root: Path, rows: int, client: Any) -> Path:
     return out
 
 
-def _subset(full: Path, rows: int, where: Path) -> Path:
+def subset(full: Path, rows: int, where: Path) -> Path:
     """The first ``rows`` rows of the demo data, as hard links to its first parts."""
     parts = sorted(full.glob("part-*.parquet"))[: rows // ROWS_PER_PART]
     where.mkdir(parents=True)
