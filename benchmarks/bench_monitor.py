@@ -55,7 +55,7 @@ def run(scale: float = 1.0) -> list[dict]:
 
 def train(data: Path, output: Path, client: Any) -> str:
     from pipeline.config import load_job
-    from pipeline.run import run as run_job
+    from pipeline.workflow import run as run_job
 
     job = load_job(EXAMPLE, [f"data.train={data}", f"output={output}"])
     start = time.perf_counter()
@@ -80,7 +80,7 @@ def without_profile(run_url: str) -> str:
 
 
 def measure(client: Any, model: str, plain: str, data: Path, rows: int, work: Path) -> dict:
-    from pipeline.score import read_drift, score_to
+    from pipeline.scoring import read_drift, score_to
 
     warm = work / "warm"
     warm.mkdir()

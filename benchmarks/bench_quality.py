@@ -118,7 +118,7 @@ def run(scale: float = 1.0) -> list[dict]:
     import cluster
     from pipeline.artifacts import load_model
     from pipeline.config import load_job
-    from pipeline.run import run as run_job
+    from pipeline.workflow import run as run_job
 
     rows = []
     with cluster.connect({"n_workers": 2, "threads_per_worker": 1}) as client, \

@@ -1,7 +1,7 @@
 """``mlpipe score`` against the plain single-process loop, and its memory at two input sizes.
 
 Throughput (4M rows x 31 columns of demo Parquet at scale 1.0): end-to-end rows/s of
-:func:`pipeline.score.score_to` (plan, read, schema + preprocessor + kernels + model, write
+:func:`pipeline.scoring.score_to` (plan, read, schema + preprocessor + kernels + model, write
 every part, manifest, ``_SUCCESS``) on a LocalCluster of 2 single-threaded workers, against a
 loop in one process over the same Parquet row groups: pyarrow read, the same stored
 preprocessor, the booster's ``inplace_predict`` (2 threads), one Parquet file per row group.
@@ -98,7 +98,7 @@ def subset(full: Path, rows: int, where: Path) -> Path:
 
 def _train(data: Path, output: Path, client: Any) -> str:
     from pipeline.config import load_job
-    from pipeline.run import run as run_job
+    from pipeline.workflow import run as run_job
 
     job = load_job(EXAMPLE, [f"data.train={data}", f"output={output}"])
     start = time.perf_counter()
@@ -112,7 +112,7 @@ def _train(data: Path, output: Path, client: Any) -> str:
 
 
 def _throughput(client: Any, model_url: str, data: Path, rows: int, work: Path) -> dict:
-    from pipeline.score import score_to
+    from pipeline.scoring import score_to
 
     files = sorted(data.glob("part-*.parquet"))
     warm = work / "warm"
@@ -193,7 +193,7 @@ def _verify(manifest: dict, rows: int) -> None:
 
 def _memory(client: Any, model_url: str, small: Path, large: Path, n_small: int,
             n_large: int, work: Path) -> list[dict]:
-    from pipeline.score import score_to
+    from pipeline.scoring import score_to
 
     measured = {}
     for label, data, rows in (("small", small, n_small), ("large", large, n_large)):

@@ -70,7 +70,7 @@ def _train(work: Path, scale: float) -> str:
     import cluster
     from pipeline.config import load_job
     from pipeline.demo import make_partition
-    from pipeline.run import run as run_job
+    from pipeline.workflow import run as run_job
 
     rows = max(20_000, int(TRAIN_ROWS * min(scale, 1.0)))
     data = work / "train"

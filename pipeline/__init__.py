@@ -27,7 +27,7 @@ def __getattr__(name: str) -> Any:
 
         return load_job
     if name == "run":
-        from pipeline.run import run
+        from pipeline.workflow import run
 
         return run
     if name == "load_model":
@@ -35,7 +35,7 @@ def __getattr__(name: str) -> Any:
 
         return load_model
     if name == "score":
-        from pipeline.score import score
+        from pipeline.scoring import score
 
         return score
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

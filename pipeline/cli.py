@@ -98,7 +98,7 @@ def run(job_file: str, overrides: tuple[str, ...], scheduler: str | None,
         n_workers: int | None, threads_per_worker: int | None) -> None:
     """Run JOB_FILE end to end and publish the model bundle."""
     from pipeline.config import load_job
-    from pipeline.run import run as run_job
+    from pipeline.workflow import run as run_job
 
     job = load_job(job_file, [*overrides, *cluster_overrides(n_workers, threads_per_worker)])
     try:

@@ -32,7 +32,7 @@ def _bad_input() -> tuple[type[BaseException], ...]:
 def _scored(data: str) -> Any:
     """The verified ``_drift.json`` when DATA is a ``mlpipe score`` output, else None."""
     from pipeline import artifacts
-    from pipeline.score import SUCCESS, read_drift
+    from pipeline.scoring import SUCCESS, read_drift
 
     fs, path = artifacts.filesystem(data)
     try:
@@ -156,7 +156,7 @@ def _retrain(job_file: str, overrides: tuple[str, ...], *, client: Any = None,
              warm_start: bool = False) -> dict[str, Any]:
     from pipeline.config import load_job
     from pipeline.refine import retrain
-    from pipeline.run import run
+    from pipeline.workflow import run
 
     job = load_job(job_file, list(overrides))
     return retrain(job, run=run, client=client, address=address, dry_run=dry_run,

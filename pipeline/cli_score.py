@@ -41,7 +41,7 @@ def score(model: str, input_url: str, output_url: str, id_columns: tuple[str, ..
         --id-column application_id --scheduler tcp://scheduler:8786
     """
     import cluster
-    from pipeline.score import BLOCKSIZE, PARTITION_ROWS, score_to
+    from pipeline.scoring import BLOCKSIZE, PARTITION_ROWS, score_to
 
     with cluster.connect(cluster_spec(n_workers, threads_per_worker),
                          address=scheduler) as client:

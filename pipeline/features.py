@@ -24,7 +24,7 @@ lag            ``<col>__lag<k>``: the value ``k`` rows earlier       nothing
 Window features (rolling, lag) look at *earlier rows of the same key*; each partition is
 sorted by (key, time) inside the transform and the results put back in the input order. They
 are right when every row of a key is in the same partition: training shuffles the data by the
-key first (``run.py``), and scoring or serving must pass each key's history together.
+key first (``workflow.py``), and scoring or serving must pass each key's history together.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``mlpipe submit JOB`` sends one long-running task, the *driver*, to an existing cluster and
 returns a job id at once; the laptop may then disconnect. The driver secedes from its
 worker's thread pool (so even a cluster of one-thread workers still has every slot for the
-job's own tasks), takes the worker's client and calls :func:`pipeline.run.run` with it.
+job's own tasks), takes the worker's client and calls :func:`pipeline.workflow.run` with it.
 
 Everything a later ``status`` / ``logs`` / ``cancel`` needs is in two places, so any machine
 that reaches the scheduler *or* the output store can answer:
@@ -230,7 +230,7 @@ def drive(job_doc: Mapping[str, Any], job_id: str, root: str,
 def _run(job_doc: Mapping[str, Any], job_id: str, store: JobStore, state: dict[str, Any],
          log: _DriverLog, client: Any) -> Any:
     from pipeline.config import load_job
-    from pipeline.run import run
+    from pipeline.workflow import run
 
     job = load_job(job_doc)
 

@@ -1097,7 +1097,7 @@ def monitor_data(model_url: str, data_url: str, *, labels: str | None = None,
         A time column and ``D``, ``W`` or ``M``: every check per chunk as well.
     scored
         The verified ``_drift.json`` of a score output at ``data_url``
-        (:func:`pipeline.score.read_drift`): its sketches are used, the inputs are not
+        (:func:`pipeline.scoring.read_drift`): its sketches are used, the inputs are not
         re-read (quality then needs ``labels_from``; chunks need ``by`` in the labels).
 
     Examples

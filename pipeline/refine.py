@@ -1,6 +1,6 @@
 """Retraining: a challenger trained on new data and judged by the gate (:mod:`pipeline.monitor`).
 
-:func:`retrain` is a run (:func:`pipeline.run.run`, passed in by its caller: no stage imports
+:func:`retrain` is a run (:func:`pipeline.workflow.run`, passed in by its caller: no stage imports
 the workflow) of a job whose model already has a current version; the gate inside every run
 compares the two on the same holdout rows and promotes by compare-and-swap, or not. The same
 job on the same data is not trained twice (the registry keeps every decision with the job's
@@ -42,7 +42,7 @@ def retrain(job: JobSpec, *, run: Callable[..., Any], client: Client | None = No
 
     Examples
     --------
-    >>> from pipeline.run import run
+    >>> from pipeline.workflow import run
     >>> decision = retrain(load_job("examples/demo.yaml", ["data.train=data/dec"]), run=run)
     ...                                                                 # doctest: +SKIP
     >>> decision["outcome"]                                             # doctest: +SKIP

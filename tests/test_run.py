@@ -16,7 +16,7 @@ from pipeline import load_model
 from pipeline.artifacts import BundleError
 from pipeline.cli import main
 from pipeline.config import load_job
-from pipeline.run import run
+from pipeline.workflow import run
 from tests.conftest import HOUSING_CSV, demo_job
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ own code" 3 and 4), read from the source with ``ast``; nothing is imported.
   neither by ``from m import _name`` nor as ``m._name`` (a private *module* is open to its own
   package only: ``kernels/drift.py`` may use ``kernels._jit``);
 - a stage never imports the workflow: only the CLI, the package's lazy API and the job runner
-  import ``pipeline.run``;
+  import ``pipeline.workflow``;
 - no import circle among our modules.
 
 Every import counts: at module level, inside functions, and under ``if TYPE_CHECKING``.
@@ -22,9 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "kernels", "cluster")
-WORKFLOW = "pipeline.run"
+WORKFLOW = "pipeline.workflow"
 #: the modules that may import the workflow: the CLI (``mlpipe run``, ``mlpipe retrain``),
-#: ``pipeline.run`` behind the package's lazy ``__getattr__``, and the job runner (it runs the
+#: ``pipeline.workflow`` behind the package's lazy ``__getattr__``, and the job runner (it runs the
 #: workflow on a cluster).
 MAY_IMPORT_WORKFLOW = frozenset({"pipeline.cli", "pipeline.cli_monitor", "pipeline",
                                  "pipeline.jobs"})
@@ -313,13 +313,13 @@ def test_no_import_circles() -> None:
 
 def test_the_checks_catch_each_mistake(tmp_path: Path) -> None:
     files = {
-        "pipeline/__init__.py": "def __getattr__(name):\n    from pipeline.run import run\n",
-        "pipeline/run.py": "from pipeline import load\n",
-        "pipeline/cli.py": "import pipeline.run\n",
+        "pipeline/__init__.py": "def __getattr__(name):\n    from pipeline.workflow import run\n",
+        "pipeline/workflow.py": "from pipeline import load\n",
+        "pipeline/cli.py": "import pipeline.workflow\n",
         "pipeline/load.py": ("def _close(w, c):\n    return ''\n\n"
-                             "def f():\n    from pipeline.score import x\n"),
-        "pipeline/score.py": ("from pipeline.load import _close\n"
-                              "import pipeline.run as workflow\n"
+                             "def f():\n    from pipeline.scoring import x\n"),
+        "pipeline/scoring.py": ("from pipeline.load import _close\n"
+                              "import pipeline.workflow as workflow\n"
                               "x = 1\n"),
         "pipeline/registry.py": ("from pipeline import artifacts\n\n"
                                  "def f(fs):\n    return artifacts._is_local(fs)\n\n"
@@ -338,11 +338,32 @@ def test_the_checks_catch_each_mistake(tmp_path: Path) -> None:
 
     assert private_uses(found) == [
         "pipeline/registry.py:4: pipeline.registry takes pipeline.artifacts._is_local",
-        "pipeline/score.py:1: pipeline.score takes pipeline.load._close",
+        "pipeline/scoring.py:1: pipeline.scoring takes pipeline.load._close",
         "pipeline/uses_kernels.py:1: pipeline.uses_kernels takes the private module "
         "kernels._jit",
     ]
-    assert workflow_uses(found) == ["pipeline/score.py:2: pipeline.score imports pipeline.run"]
+    assert workflow_uses(found) == ["pipeline/scoring.py:2: pipeline.scoring imports pipeline.workflow"]
     assert circles(found) == [
-        "pipeline.load -> pipeline.score -> pipeline.load (pipeline/load.py:5 pipeline.load "
-        "-> pipeline.score, pipeline/score.py:1 pipeline.score -> pipeline.load)"]
+        "pipeline.load -> pipeline.scoring -> pipeline.load (pipeline/load.py:5 pipeline.load "
+        "-> pipeline.scoring, pipeline/scoring.py:1 pipeline.scoring -> pipeline.load)"]
+
+
+def test_public_names_are_not_shadowed_by_submodules() -> None:
+    """``from pipeline import run, score`` gives the functions even after every submodule is
+    imported: the import system binds a submodule as an attribute of its package, so a public
+    function and a module of the same name cannot both live in ``pipeline``."""
+    import importlib
+    import subprocess
+    import sys
+
+    modules = sorted(m for m in scan(ROOT, ("pipeline",)) if m != "pipeline")
+    public = importlib.import_module("pipeline").__all__
+    assert not set(public) & {m.rsplit(".", 1)[-1] for m in modules}
+    code = ("import importlib\n"
+            f"for m in {modules!r}:\n    importlib.import_module(m)\n"
+            "from pipeline import load_job, load_model, run, score\n"
+            "assert all(callable(f) and not hasattr(f, '__path__') and type(f).__name__ == 'function'"
+            " for f in (load_job, load_model, run, score)), (run, score)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr

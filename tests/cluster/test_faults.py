@@ -94,7 +94,7 @@ def test_worker_killed_during_loading_or_features_gives_the_same_result(
     import psutil
 
     from pipeline.config import load_job
-    from pipeline.run import run
+    from pipeline.workflow import run
 
     marker = tmp_path / "killed"
     job = load_job(reference.job_file, [f"output={s3_demo}/killed-{when}"])
@@ -128,7 +128,7 @@ def test_no_workers_left_fails_within_the_timeout(demo_dir: Path, tmp_path: Path
 
     import cluster
     from pipeline.config import load_job
-    from pipeline.run import run
+    from pipeline.workflow import run
 
     before = _descendants()
     job = load_job(lean_job(str(demo_dir), str(tmp_path / "out"),

@@ -18,7 +18,7 @@ from pipeline import artifacts, registry
 from pipeline.cli import main
 from pipeline.config import load_job
 from pipeline.demo import make_partition
-from pipeline.run import run
+from pipeline.workflow import run
 from tests.conftest import demo_job
 
 pytestmark = pytest.mark.integration
@@ -103,7 +103,7 @@ def load_model_columns(model: SimpleNamespace) -> list[str]:
 
 def test_scoring_writes_a_verified_drift_report(client, model: SimpleNamespace) -> None:
     from pipeline.monitor import binnings, check_column, sketch_frame
-    from pipeline.score import ScoreError, read_drift, read_manifest, score_to
+    from pipeline.scoring import ScoreError, read_drift, read_manifest, score_to
 
     out = f"{model.base}/scores/covariate"
     score_to(model.result.model_url, model.data["covariate"], out, id_columns=IDS,
@@ -173,7 +173,7 @@ def test_monitor_exit_codes_and_report(client, model: SimpleNamespace, capsys) -
 def test_monitor_reads_a_score_output_with_labels_from_elsewhere(client,
                                                                  model: SimpleNamespace) -> None:
     from pipeline.monitor import monitor_data
-    from pipeline.score import read_drift, score_to
+    from pipeline.scoring import read_drift, score_to
 
     out = f"{model.base}/scores/concept"
     score_to(model.result.model_url, model.data["concept"], out, id_columns=IDS, client=client)

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.artifacts import load_model
 from pipeline.config import load_job
-from pipeline.run import run
+from pipeline.workflow import run
 
 pytestmark = pytest.mark.integration
 

@@ -128,7 +128,7 @@ def check_page(html: str, task: str, *, performance_report: str | None = None) -
 @pytest.fixture(scope="module")
 def bundles(client: Any, demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One published run per task (few trees: the report, not the model, is under test)."""
-    from pipeline.run import run
+    from pipeline.workflow import run
 
     out = tmp_path_factory.mktemp("report-runs")
     jobs = {

@@ -26,8 +26,8 @@ from pipeline import load_model
 from pipeline.cli import main
 from pipeline.config import load_job
 from pipeline.load import DataError
-from pipeline.run import run
-from pipeline.score import DRIFT, MANIFEST, PART_KEY, SUCCESS, read_manifest, score, score_to
+from pipeline.scoring import DRIFT, MANIFEST, PART_KEY, SUCCESS, read_manifest, score, score_to
+from pipeline.workflow import run
 from tests.conftest import demo_job
 
 pytestmark = pytest.mark.integration

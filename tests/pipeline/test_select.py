@@ -329,7 +329,7 @@ ALL_BINARY = {
 @pytest.mark.slow
 def test_all_nine_families_end_to_end(client, tmp_path, demo_dir) -> None:
     from pipeline import load_model
-    from pipeline.run import run
+    from pipeline.workflow import run
     from tests.conftest import demo_job
     from tests.test_run import check_sample
 
@@ -357,7 +357,7 @@ def test_all_nine_families_end_to_end(client, tmp_path, demo_dir) -> None:
 
 @pytest.mark.slow
 def test_regression_families_and_full_strategy(client, tmp_path) -> None:
-    from pipeline.run import run
+    from pipeline.workflow import run
     from tests.conftest import HOUSING_CSV
     from tests.test_run import check_sample
 

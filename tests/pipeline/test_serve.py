@@ -180,7 +180,7 @@ def server(root: Path, log_bucket: str, tmp_path_factory: pytest.TempPathFactory
 def test_predictions_equal_mlpipe_score_output(client, trained: SimpleNamespace,
                                                server: SimpleNamespace, rows: pd.DataFrame,
                                                demo_dir: Path, tmp_path: Path) -> None:
-    from pipeline.score import score_to
+    from pipeline.scoring import score_to
 
     out = tmp_path / "scored"
     score_to(trained.model_url, str(demo_dir), str(out), id_columns=IDS, client=client)
