@@ -1,7 +1,8 @@
 """A Higgs-shaped synthetic set for the performance benchmarks (issue #18): 28 float32 features
 (21 "low-level" ones with log-normal, normal and uniform-angle marginals, 7 "high-level"
 nonlinear combinations of them) and a binary label drawn from a nonlinear logit (about 45 %
-positive; XGBoost defaults reach a holdout AUC near 0.75). Deterministic: part ``i`` is the same whatever the total.
+positive; XGBoost defaults reach a holdout AUC near 0.75). Deterministic: part ``i`` is the
+same whatever the total.
 
 >>> frame = higgs_frame(1000, seed=0)          # pandas, 28 features + "label"
 >>> paths = write_higgs("/tmp/higgs", 1_000_000)   # 250,000-row Parquet files  # doctest: +SKIP
