@@ -38,3 +38,11 @@ def did_you_mean(word: str, choices: Iterable[object]) -> str:
     """
     match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"; did you mean {match[0]!r}?" if match else ""
+
+
+class StorageError(OSError):
+    """A read or write of a bundle or data file failed for good (after its retries).
+
+    Its message names the URL and the stage (``"publish the manifest"``, ``"write part 12"``)
+    and what to check; ``mlpipe`` exits with the storage-failure code for it.
+    """
