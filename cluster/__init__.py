@@ -155,6 +155,8 @@ def connect(spec: Mapping[str, Any] | None = None, *, address: str | None = None
         else:
             from distributed import LocalCluster
 
+            if choice.kwargs.get("processes", True):
+                check_main_guard()
             os.makedirs(str(settings["distributed.nanny.pre-spawn-environ.NUMBA_CACHE_DIR"]),
                         exist_ok=True)
             # threads only: the in-process transport, nothing listens but the dashboard
@@ -175,6 +177,56 @@ def connect(spec: Mapping[str, Any] | None = None, *, address: str | None = None
             if clear is None:
                 raise
             raise clear from exc
+
+
+def check_main_guard() -> None:
+    """Refuse to start local worker processes from a script's unguarded top level.
+
+    Worker processes are started with ``spawn``: each imports the ``__main__`` script again
+    (as ``__mp_main__``), so a script that calls mlpipe at its top level, outside
+    ``if __name__ == "__main__":``, would start the job again in every worker and hang. This
+    looks at the calling line of the script (a REPL, a notebook or ``python -c`` have none)
+    and raises :class:`ClusterError` before any process starts.
+    """
+    import ast
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is getattr(main, "__dict__", None)
+                                     and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if path is None or frame is None or not os.path.isfile(path):
+        return
+    line = frame.f_lineno
+    try:
+        tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return
+    if any(isinstance(node, ast.If) and _tests_main(node.test)
+           and node.lineno <= line <= (node.end_lineno or node.lineno) for node in tree.body):
+        return
+    raise ClusterError(
+        f"{path}, line {line}, starts mlpipe at the script's top level. The local Dask cluster "
+        "starts worker processes that import the script again, so each of them would start "
+        "the job again and the script would hang. Put the calls under "
+        "`if __name__ == \"__main__\":` (as in the README's Python example), or run on a "
+        "threaded cluster (cluster: {processes: false}) or an existing one (--scheduler / "
+        "cluster.address).")
+
+
+def _tests_main(test: Any) -> bool:
+    """``__name__ == "__main__"`` (either way round)."""
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return ({type(s) for s in sides} == {ast.Name, ast.Constant}
+            and {getattr(s, "id", None) or getattr(s, "value", None) for s in sides}
+            == {"__name__", "__main__"})
 
 
 def _client(make: Any, choice: Choice) -> Any:

@@ -276,7 +276,21 @@ class SearchSpec(_Spec):
     """How hyperparameters are searched and a winner chosen."""
 
     strategy: Literal["sample", "full"] = "sample"
-    method: Literal["grid", "random", "halving"] = "grid"
+    #: auto (the default when the job has no ``models:`` block; ``search: auto`` for short):
+    #: each family's practitioner search space (``mlpipe families``) under the parameters the
+    #: job fixes, searched by successive halving in brackets until ``time_budget`` is spent.
+    method: Literal["auto", "grid", "random", "halving"] = "grid"
+    #: seconds the auto search may spend (null: 20 s plus 3 minutes per million training rows,
+    #: at most an hour; printed when the search starts). Checked between brackets: a bracket
+    #: starts only when the time left is at least what the last one took.
+    time_budget: float | None = Field(None, gt=0)
+    #: the auto search tries exactly this many candidates per family instead (brackets of 9),
+    #: whatever the time: the same job gives the same model on a faster or a busier machine,
+    #: which a time budget cannot promise (H2O AutoML's max_models).
+    max_candidates: int | None = Field(None, ge=1)
+    #: also fit a weighted average of the families' best models (Caruana's greedy selection
+    #: on their out-of-fold predictions); it competes with the families for the win.
+    ensemble: bool = False
     sample_rows: int = Field(200_000, ge=100)
     cv: int = Field(3, ge=2, le=20)
     #: primary metric (default: roc_auc for binary, log_loss for multiclass, rmse for regression)
@@ -472,6 +486,27 @@ class JobSpec(_Spec):
                 "or fsspec's config instead")
         return options
 
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_search(cls, data: Any) -> Any:
+        """``search: auto`` for short; and the default search of a job without ``models:``:
+        the auto search over the families that suit its task (``pipeline.models.AUTO``)."""
+        if not isinstance(data, dict):
+            return data
+        search = data.get("search")
+        if search == "auto":
+            data = {**data, "search": {"method": "auto"}}
+        elif "models" not in data and (search is None or (
+                isinstance(search, dict) and "method" not in search)):
+            data = {**data, "search": {**(search or {}), "method": "auto"}}
+        task = data.get("data", {}).get("task") if isinstance(data.get("data"), dict) else None
+        method = data["search"].get("method") if isinstance(data.get("search"), dict) else None
+        if "models" not in data and method == "auto":
+            from pipeline.models import AUTO
+
+            data = {**data, "models": {f: {} for f in AUTO.get(task, ("xgboost",))}}
+        return data
+
     @field_validator("models")
     @classmethod
     def _known_families(cls, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -524,9 +559,9 @@ class JobSpec(_Spec):
                     f"of (the families that have: "
                     f"{', '.join(f for f in FAMILIES if FAMILIES[f]['budget'] == budget)}); "
                     "use auto (each family its own) or rows")
-        if self.search.method == "halving" and self.search.strategy == "full":
-            raise ValueError("search.method halving runs on the in-memory sample; use "
-                             "strategy: sample with it")
+        if self.search.method in ("halving", "auto") and self.search.strategy == "full":
+            raise ValueError(f"search.method {self.search.method} runs on the in-memory "
+                             "sample; use strategy: sample with it")
         from pipeline.models import METRICS as TASK_METRICS
 
         for where, names in (("monitor.metrics", self.monitor.metrics or []),

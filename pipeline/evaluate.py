@@ -1344,6 +1344,7 @@ def leaderboard(fits: Mapping[str, Any], winner: str, job: JobSpec) -> list[dict
             "gap": gap.get("metrics", {}).get(primary, {}).get("gap"),
             "overfit": bool(gap.get("overfit")), "fit_seconds": round(refit.seconds, 3),
             "search_seconds": round(found.seconds, 3),
+            "search_budget_seconds": found.budget,  # search: auto: this family's share
             "predict_rows_per_s": round(fit.predicted_rows / max(fit.predict_seconds, 1e-9)),
             "peak_memory_bytes": fit.peak_memory,
             "warnings": model_warnings(fit, task),
@@ -1372,15 +1373,19 @@ def model_warnings(fit: Any, task: str) -> list[str]:
     Examples
     --------
     >>> from types import SimpleNamespace as NS
-    >>> fit = NS(refit=NS(details={"trees": 1}), holdout={"n": 4, "positives": 2,
+    >>> fit = NS(search=NS(family="xgboost"), refit=NS(details={"trees": 1}),
+    ...          holdout={"n": 4, "positives": 2,
     ...          "log_loss": 0.6, "roc_auc": 0.9, "confusion": {"tn": 2, "fp": 0, "fn": 2,
     ...          "tp": 0}})
     >>> [w.split(":")[0] for w in model_warnings(fit, "binary")]
     ['only 1 tree(s) kept', 'one class for every row']
     """
+    from pipeline.models import FAMILIES
+
     out = []
     trees = fit.refit.details.get("trees")
-    if trees is not None and trees < FEW_TREES:
+    boosted = FAMILIES.get(fit.search.family, {}).get("budget") == "rounds"  # not a forest
+    if boosted and trees is not None and trees < FEW_TREES:
         out.append(f"only {trees} tree(s) kept: boosting stopped almost at once; too few "
                    "validation rows, or the features say little about the target")
     holdout = fit.holdout

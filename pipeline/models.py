@@ -41,6 +41,16 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "defaults": {"n_estimators": 300, "learning_rate": 0.1, "max_depth": 6,
                      "tree_method": "hist"},
         "budget": "rounds",  # successive halving: boosting rounds, warm-started
+        # search: auto. The ranges of FLAML's and AutoGluon's XGBoost spaces, narrowed to
+        # where tabular winners sit; rounds come from CV early stopping, not the space.
+        "space": {"learning_rate": {"loguniform": [0.02, 0.3]},
+                  "max_depth": {"randint": [3, 10]},
+                  "min_child_weight": {"loguniform": [0.5, 20.0]},
+                  "subsample": {"uniform": [0.6, 1.0]},
+                  "colsample_bytree": {"uniform": [0.5, 1.0]},
+                  "reg_lambda": {"loguniform": [0.1, 10.0]},
+                  "reg_alpha": {"loguniform": [0.001, 1.0]}},
+        "auto_fixed": {"n_estimators": 2000},  # a cap: CV early stopping ends each fit
         "how": "xgboost.dask on all rows, early stopping on the validation fold",
     },
     "random_forest": {
@@ -52,6 +62,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "defaults": {"n_estimators": 100, "max_depth": 8, "subsample": 0.8,
                      "colsample_bynode": 0.8, "tree_method": "hist"},
         "budget": "rows",
+        "space": {"max_depth": {"randint": [6, 16]},
+                  "colsample_bynode": {"uniform": [0.3, 1.0]},
+                  "min_child_weight": {"loguniform": [0.5, 10.0]}},
         "how": "an XGBoost random forest (one round of n_estimators parallel trees) trained "
                "with xgboost.dask on all rows",
     },
@@ -73,6 +86,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "estimator": {"classification": "sklearn.linear_model.LogisticRegression"},
         "distributed": {"binary": "dask_ml.linear_model.LogisticRegression"},
         "defaults": {"C": 1.0, "max_iter": 200},
+        "space": {"C": {"loguniform": [0.001, 100.0]}},
         "max_rows": 1_000_000,
         "budget": "rows",
         "how": "binary: dask-ml (dask-glm) on all rows; multiclass: scikit-learn on a sample "
@@ -89,6 +103,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
                      "regression": {"loss": "epsilon_insensitive", "alpha": 1e-4}},
         "epochs": 10,
         "budget": "epochs",
+        "space": {"alpha": {"loguniform": [1e-6, 1e-2]}},
         "wrap": _SCALED_TARGET,
         "how": "SGD with a (smoothed) hinge loss, partial_fit over every partition",
     },
@@ -144,6 +159,15 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "wrap": _SCALED_TARGET,
         "how": "scikit-learn MLP, partial_fit over every partition",
     },
+}
+
+#: the families ``search: auto`` tries when the job names none, per task: gradient boosting
+#: (the usual winner on tables), a linear model (the usual winner on few rows or linear
+#: signal) and a random forest (robust, little to tune), as H2O AutoML and AutoGluon start.
+AUTO: dict[str, tuple[str, ...]] = {
+    "binary": ("xgboost", "logistic_regression", "random_forest"),
+    "multiclass": ("xgboost", "logistic_regression", "random_forest"),
+    "regression": ("xgboost", "random_forest", "linear_svm"),
 }
 
 #: metric names per task, in the order they are shown.
@@ -208,6 +232,13 @@ def defaults(family: str, task: str) -> dict[str, Any]:
     if kind in entry and isinstance(entry[kind], Mapping):
         return dict(entry[kind])
     return dict(entry)
+
+
+def auto_space(family: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters ``search: auto`` searches for ``family``: its practitioner space and its
+    fixed auto settings, under the job's own ``params`` (a value the job gives wins)."""
+    entry = FAMILIES[family]
+    return {**entry.get("space", {}), **entry.get("auto_fixed", {}), **dict(params)}
 
 
 def check_params(family: str, params: Mapping[str, Any], task: str) -> None:

@@ -75,12 +75,14 @@ class SearchResult:
     candidates: int
     cv_results: pd.DataFrame = field(repr=False)
     seconds: float = 0.0
+    #: search: auto: the seconds this family was allowed (its share of search.time_budget)
+    budget: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"family": self.family, "method": self.method, "best_params": self.best_params,
                 "cv_mean": self.cv_mean, "cv_std": self.cv_std,
                 "fit_seconds": self.fit_seconds, "candidates": self.candidates,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "budget": self.budget}
 
 
 def split_grid(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -321,8 +323,8 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
         2, int(math.floor(math.log(n, factor) + 1e-9)))
     full = max(own)
     min_budget = max(1, int(full / factor ** (rungs - 1)))
-    step = max(1, max(_own_budget("rounds", model, c, family, splits) for c in settings)
-               // 27) if boosted else 1  # checkpoint resolution of a boosting curve
+    step = max(1, min(25, max(_own_budget("rounds", model, c, family, splits)
+                              for c in settings) // 27)) if boosted else 1  # resolution
     scoring = scorers(task, primary)
 
     [data] = client.scatter([(X, y)], broadcast=True, hash=False)
@@ -741,6 +743,115 @@ def check_models(job: JobSpec) -> None:
                 raise ValueError(f"models.{family}: {exc}") from None
 
 
+# --------------------------------------------------------------------------- search: auto
+
+#: the boosting family's share of the auto search's time; the other families split the rest
+#: (they are searched first, and what they leave unused goes to boosting).
+BOOSTING_SHARE = 0.6
+#: candidates per bracket of the auto search (successive halving: 9 -> 3).
+BRACKET = 9
+#: an auto search of a family stops after this many candidates per searched parameter.
+CANDIDATES_PER_PARAMETER = 10
+
+
+def time_budget(job: JobSpec, n_train: int) -> float:
+    """Seconds the auto search may take: ``search.time_budget``, or 20 s plus 3 minutes per
+    million training rows, at most an hour."""
+    if job.search.time_budget is not None:
+        return float(job.search.time_budget)
+    return min(3600.0, 20.0 + 180.0 * n_train / 1e6)
+
+
+def search_auto(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *,
+                job: JobSpec, seconds: float, client: Any) -> SearchResult:
+    """``search: auto`` for one family: successive halving in brackets of :data:`BRACKET`
+    candidates drawn from the family's space (:func:`pipeline.models.auto_space`) until
+    ``seconds`` are spent.
+
+    The first bracket always runs and starts from the family's defaults (so the search can
+    only improve on them); a further bracket, with new draws, starts only while the time left
+    is at least what the last bracket took, and up to :data:`CANDIDATES_PER_PARAMETER`
+    candidates per searched parameter. ``search.max_candidates`` replaces both: exactly that
+    many candidates, whatever the time (reproducible on any machine). Every bracket's
+    candidates are in the CV table; the best over all brackets wins (:func:`selection_key`).
+    """
+    from sklearn.base import clone
+
+    from pipeline.models import auto_space, param_prefix
+
+    search, task = job.search, job.data.task
+    start = time.perf_counter()
+    fixed, searched = split_grid(auto_space(family, job.models[family]))
+    inner = param_prefix(family, task)
+    pipeline = clone(pipeline).set_params(**{f"model__{inner}{k}": _value(v)
+                                             for k, v in fixed.items()})
+    most = search.max_candidates or max(1, CANDIDATES_PER_PARAMETER * len(searched))
+    tables, last, tried = [], 0.0, 0
+    while tried < most:
+        left = seconds - (time.perf_counter() - start)
+        if tables and left < last and search.max_candidates is None:
+            break
+        clock = time.perf_counter()
+        draws = candidates("random", searched, BRACKET, search.seed + len(tables))
+        settings = ([{}] if not tables else []) + draws  # the defaults first
+        settings = settings[:max(1, min(BRACKET, most - tried))]
+        found = _search(family, pipeline, X, y, settings, method="halving", task=task,
+                        primary=job.primary_metric, cv=search.cv, factor=search.factor,
+                        seed=search.seed, patience=job.train.early_stopping_rounds,
+                        client=client, budget=search.budget)
+        tables.append(found.cv_results.assign(bracket=len(tables)))
+        tried += len(settings)
+        last = time.perf_counter() - clock
+        if not searched:
+            break
+    table = pd.concat(tables, ignore_index=True)
+    primary = job.primary_metric
+    best = best_row(table[table["rung"] == table.groupby("bracket")["rung"].transform("max")],
+                    primary)
+    params = {**fixed, **table.loc[best, "params"]}
+    if "rounds" in table and pd.notna(table.loc[best, "rounds"]):
+        params = slower_boosting(params, int(table.loc[best, "rounds"]))
+    return SearchResult(
+        family=family, method="auto", best_params=params,
+        cv_mean=_float(table.loc[best, f"mean_{primary}"]),
+        cv_std=_float(table.loc[best, f"std_{primary}"]),
+        fit_seconds=float(table.loc[best, "mean_fit_time"]), candidates=len(table),
+        cv_results=table, seconds=time.perf_counter() - start, budget=round(seconds, 3))
+
+
+class _TimeBudget:
+    """The auto search's time split between families: boosting gets :data:`BOOSTING_SHARE`
+    and goes last, the others share the rest; what a family leaves unused passes on."""
+
+    def __init__(self, job: JobSpec, n_train: int) -> None:
+        boosting = [f for f in job.models if FAMILIES[f]["budget"] == "rounds"]
+        others = [f for f in job.models if f not in boosting]
+        self.order = others + boosting
+        self.left = time_budget(job, n_train)
+        share = BOOSTING_SHARE if boosting and others else 1.0
+        self.shares = {**{f: (1 - share) / len(others) for f in others},
+                       **{f: share / len(boosting) for f in boosting}}
+        logger.info("search: auto over %s, time budget %.0f s (search.time_budget)",
+                    ", ".join(self.order), self.left)
+
+    def allowance(self, family: str) -> float:
+        waiting = sum(self.shares.values())
+        return max(0.0, self.left * self.shares[family] / waiting)
+
+    def spend(self, family: str, seconds: float) -> None:
+        self.left -= seconds
+        del self.shares[family]
+
+
+def slower_boosting(params: Mapping[str, Any], rounds: int) -> dict[str, Any]:
+    """A boosting winner's parameters as the auto search refits them: half the learning rate
+    (at least 0.01) and room for the rounds that needs (CV or the validation split chooses
+    them), the usual last step of tuning a booster."""
+    rate = float(params.get("learning_rate", 0.1))
+    return {**params, "learning_rate": max(0.01, rate / 2),
+            "n_estimators": max(int(params.get("n_estimators", 300)), 3 * rounds)}
+
+
 def _candidate_count(params: Mapping[str, Any], n_iter: int) -> int:
     if any(isinstance(v, dict) for v in params.values()):
         return n_iter
@@ -749,6 +860,8 @@ def _candidate_count(params: Mapping[str, Any], n_iter: int) -> int:
 
 def needs_search(job: JobSpec) -> bool:
     """A choice to make: several families, or a family with several candidates."""
+    if job.search.method == "auto":
+        return True
     counts = [_candidate_count(p, job.search.n_iter) for p in job.models.values()]
     return len(counts) > 1 or counts[0] > 1
 
@@ -790,8 +903,10 @@ def search_families(job: JobSpec, sample: pd.DataFrame | None, prefix: Prefix,
     y = np.asarray(target(sample, job, classes))
     X = sample[list(feature_columns)]
     n_classes = len(classes) if classes else None
+    clock = _TimeBudget(job, prefix.rows["train"]) if search.method == "auto" else None
     out = {}
-    for family, params in job.models.items():
+    for family in clock.order if clock else job.models:
+        params = job.models[family]
         if search.strategy == "full" and family == "xgboost":
             found = search_full(job, params, prefix, n_classes, client)
         else:
@@ -803,15 +918,24 @@ def search_families(job: JobSpec, sample: pd.DataFrame | None, prefix: Prefix,
             # not its first rows (the sample is in partition order: often time order)
             take = (np.sort(np.random.default_rng(search.seed).permutation(len(X))[:rows])
                     if rows < len(X) else slice(None))
-            found = search_family(
-                family, pipeline, X.iloc[take], y[take], params=params, task=task,
-                primary=job.primary_metric, method=search.method, cv=search.cv,
-                n_iter=search.n_iter, factor=search.factor, seed=search.seed, client=client,
-                patience=job.train.early_stopping_rounds, budget=search.budget)
+            if clock:
+                found = search_auto(family, pipeline, X.iloc[take], y[take], job=job,
+                                    seconds=clock.allowance(family), client=client)
+                clock.spend(family, found.seconds)
+            else:
+                found = search_family(
+                    family, pipeline, X.iloc[take], y[take], params=params, task=task,
+                    primary=job.primary_metric, method=search.method, cv=search.cv,
+                    n_iter=search.n_iter, factor=search.factor, seed=search.seed,
+                    client=client, patience=job.train.early_stopping_rounds,
+                    budget=search.budget)
         spread = f" ± {found.cv_std:.4f}" if found.cv_std is not None else ""
+        spent = (f" ({found.seconds:.0f} s of its {found.budget:.0f} s)"
+                 if found.budget is not None else "")
         if lap is not None:
             lap(f"search:{family}", f"{family}: {found.candidates} candidate(s), {found.method} "
-                f"search, best {job.primary_metric} = {fmt_metric(found.cv_mean)}{spread}")
+                f"search{spent}, best {job.primary_metric} = {fmt_metric(found.cv_mean)}"
+                f"{spread}")
         out[family] = found
     return out
 
@@ -859,5 +983,5 @@ def load_searches(files: Mapping[str, bytes]) -> dict[str, SearchResult]:
             family=family, method=doc["method"], best_params=doc["best_params"],
             cv_mean=doc["cv_mean"], cv_std=doc["cv_std"], fit_seconds=doc["fit_seconds"],
             candidates=doc["candidates"], cv_results=rows.reset_index(drop=True),
-            seconds=doc["seconds"])
+            seconds=doc["seconds"], budget=doc.get("budget"))
     return out

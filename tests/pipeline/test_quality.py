@@ -32,14 +32,18 @@ def _case(name: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:
     return train_test_split(X, y, test_size=test, stratify=y, random_state=0)
 
 
-def _default_job(X: pd.DataFrame, y: pd.Series, folder: Path) -> object:
-    """The shortest job: data, target, task, output (no models block)."""
+def _default_job(X: pd.DataFrame, y: pd.Series, folder: Path, **extra: object) -> object:
+    """The shortest job: data, target, task, output (no models block: ``search: auto``)."""
     folder.mkdir(parents=True, exist_ok=True)
     X.assign(label=y.to_numpy()).to_csv(folder / "train.csv", index=False)
     task = "multiclass" if y.nunique() > 2 else "binary"
     return load_job({"name": "q", "output": str(folder / "out"),
                      "data": {"train": str(folder / "train.csv"), "target": "label",
-                              "task": task}})
+                              "task": task}, **extra})
+
+
+def _accuracy(result: object, X_test: pd.DataFrame, y_test: pd.Series) -> float:
+    return float((load_model(result.model_url).predict(X_test) == y_test.to_numpy()).mean())
 
 
 @pytest.mark.parametrize("name", ["wine", "make_classification_600"])
@@ -49,11 +53,25 @@ def test_the_default_job_is_as_good_as_xgbclassifier(client, tmp_path: Path, nam
     X_train, X_test, y_train, y_test = _case(name)
     reference = float(XGBClassifier().fit(X_train, y_train).score(X_test, y_test))
     result = run(_default_job(X_train, y_train, tmp_path), client=client)
-    ours = float((load_model(result.model_url).predict(X_test) == y_test.to_numpy()).mean())
+    assert result.leaderboard[0]["search"] == "auto"
+    ours = _accuracy(result, X_test, y_test)
     # one test row either way is a tie (54 and 150 test rows: 1.9 and 0.7 points)
     assert ours >= reference - 1 / len(y_test), (ours, reference)
+    assert result.metrics["warnings"] == []
+
+
+def test_xgboost_alone_keeps_the_rounds_cv_chose(client, tmp_path: Path) -> None:
+    """The job that named xgboost with our defaults: 6 trees kept before rounds came from a
+    proper scoring rule by CV."""
+    from xgboost import XGBClassifier
+
+    X_train, X_test, y_train, y_test = _case("make_classification_600")
+    reference = float(XGBClassifier().fit(X_train, y_train).score(X_test, y_test))
+    result = run(_default_job(X_train, y_train, tmp_path, models={"xgboost": {}}),
+                 client=client)
+    assert _accuracy(result, X_test, y_test) >= reference - 1 / len(y_test)
     model = result.metrics["model"]
-    assert model["trees"] >= 10  # was 72 and 6 trees, chosen on a saturating AUC
+    assert model["trees"] >= 10  # was 6 trees, chosen on a saturating AUC
     assert model["rounds_from"].startswith("5-fold CV")
     assert result.metrics["warnings"] == []
 
@@ -103,7 +121,7 @@ def test_a_model_no_better_than_a_constant_is_reported(client, tmp_path: Path) -
     rng = np.random.default_rng(3)
     X = pd.DataFrame({"a": rng.normal(size=3000), "b": rng.normal(size=3000)})
     y = pd.Series(rng.integers(0, 2, 3000))  # no signal at all
-    result = run(_default_job(X, y, tmp_path), client=client)
+    result = run(_default_job(X, y, tmp_path, models={"xgboost": {}}), client=client)
     warnings = result.metrics["warnings"]
     assert warnings and any("no better than" in w or "tree(s) kept" in w for w in warnings)
     assert result.leaderboard[0]["warnings"] == warnings
