@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from cluster import logs
 from cluster.settings import DEFAULTS, VERSION_CHECKED
 
 logger = logging.getLogger(__name__)
@@ -161,9 +162,12 @@ def connect(spec: Mapping[str, Any] | None = None, *, address: str | None = None
                         exist_ok=True)
             # threads only: the in-process transport, nothing listens but the dashboard
             where = {"host": "127.0.0.1"} if choice.kwargs.get("processes", True) else {}
-            cluster = LocalCluster(dashboard_address="127.0.0.1:0", **where, **choice.kwargs)
+            # its workers share our terminal: their logs at our level (cluster/logs.py)
+            cluster = LocalCluster(dashboard_address="127.0.0.1:0", **where, **choice.kwargs,
+                                   silence_logs=logs.worker_level())
             stack.callback(cluster.close)
             client = Client(cluster)
+            logs.quiet_workers(client)
         stack.callback(client.close)
         logger.debug("cluster: %s; dashboard: %s", choice, client.dashboard_link)
         if choice.kind != "local" and wait_for_workers:
@@ -201,7 +205,8 @@ def check_main_guard() -> None:
         return
     line = frame.f_lineno
     try:
-        tree = ast.parse(open(path, encoding="utf-8").read(), path)
+        with open(path, encoding="utf-8") as source:
+            tree = ast.parse(source.read(), path)
     except (OSError, SyntaxError, ValueError):
         return
     if any(isinstance(node, ast.If) and _tests_main(node.test)

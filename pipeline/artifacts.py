@@ -24,18 +24,25 @@ outside scikit-learn's trusted set and our own transformers is refused.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import platform
 import secrets
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+from pipeline.errors import StorageError
+
+logger = logging.getLogger("pipeline")
 
 FORMAT = "mlpipe-bundle/1"
 MANIFEST = "manifest.json"
@@ -110,6 +117,185 @@ def is_s3(fs: Any) -> bool:
     return protocol in ("s3", "s3a")
 
 
+def url_of(fs: Any, path: str) -> str:
+    """The URL a user would write for ``path`` on ``fs`` (``s3://b/k``, ``/tmp/x``)."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+#: modules whose exceptions are storage failures (after their own retries)
+_STORAGE_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "gcsfs", "adlfs",
+                    "urllib3", "requests")
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Is ``exc`` a failed storage request (I/O, network, the store's answer) rather than a
+    missing or already existing object, or a bug of ours?"""
+    if isinstance(exc, StorageError | FileExistsError | IsADirectoryError | NotADirectoryError):
+        return False
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    return type(exc).__module__.split(".")[0] in _STORAGE_MODULES
+
+
+def storage_message(url: str, stage: str, exc: BaseException) -> str:
+    """The one paragraph of a :class:`~pipeline.errors.StorageError`: the stage, the URL, the
+    store's answer, what to check."""
+    cause = " ".join(str(exc).split()) or type(exc).__name__
+    return (f"{stage}: {url} failed after the storage client's retries ({type(exc).__name__}: "
+            f"{cause[:300]}). Check that the bucket or directory exists and is writable, and "
+            "the credentials and endpoint (AWS_ENDPOINT_URL_S3, storage_options); then rerun "
+            "the same command: finished work is kept, and nothing partial was published")
+
+
+@contextlib.contextmanager
+def storage_stage(fs: Any, path: str, stage: str, *, missing_ok: bool = False
+                  ) -> Iterator[None]:
+    """Turn a storage failure inside the block into a :class:`~pipeline.errors.StorageError`
+    naming the URL and the ``stage``. ``missing_ok``: a :class:`FileNotFoundError` passes
+    through (a read that may find nothing); otherwise it is a failure too (a missing bucket
+    on a write)."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        if missing_ok:
+            raise
+        raise StorageError(storage_message(url_of(fs, path), stage, exc)) from exc
+    except Exception as exc:
+        if not is_storage_failure(exc):
+            raise
+        raise StorageError(storage_message(url_of(fs, path), stage, exc)) from exc
+
+
+def check_writable(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Fail in the first second, naming ``url``, when the output cannot be written.
+
+    Called before any compute (a run, a scoring job), so a missing bucket or a read-only
+    directory is not found after loading and training. Local paths: the nearest existing
+    directory must be writable (nothing is created). Object stores: a small probe object
+    ``<url>/.tmp-write-check-<random>`` is written and removed.
+
+    Raises
+    ------
+    StorageError
+        The output cannot be written; the message names the URL.
+
+    Examples
+    --------
+    >>> check_writable("/tmp")
+    """
+    fs, path = filesystem(url, storage_options)
+    stage = "check that the output is writable (before any compute)"
+    if is_local(fs):
+        existing = os.path.abspath(path)
+        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        if os.path.isdir(existing) and not os.access(existing, os.W_OK | os.X_OK):
+            raise StorageError(storage_message(url, stage, PermissionError(
+                f"{existing} is not writable by this user")))
+        return
+    probe = join(path, f".tmp-write-check-{secrets.token_hex(4)}")
+    with storage_stage(fs, probe, stage):
+        fs.pipe_file(probe, b"")
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(probe)
+
+
+# --------------------------------------------------------------------------- storage retries
+#
+# botocore retries a failed S3 request (5 attempts, "legacy" mode) and s3fs retries a call
+# that still fails with a transient error; neither says so above DEBUG. We count every failed
+# attempt through botocore's "needs-retry" event, which fires after each attempt whoever
+# retries next. aiohttp also resends an idempotent request once, silently, when a kept-alive
+# connection drops; that retry happens below botocore and is not counted.
+
+_COUNTS: collections.Counter = collections.Counter()
+_COUNTS_LOCK = threading.Lock()
+_HOOKED = False
+
+
+def _on_attempt(response: Any = None, caught_exception: BaseException | None = None,
+                **_: Any) -> None:
+    cause = None
+    if caught_exception is not None:
+        cause = type(caught_exception).__name__
+    elif response is not None:
+        status = getattr(response[0], "status_code", 0)
+        if status >= 500 or status == 429:
+            code = (response[1] or {}).get("Error", {}).get("Code") if len(response) > 1 \
+                else None
+            cause = f"{status} {code}" if code and code != str(status) else str(status)
+    with _COUNTS_LOCK:
+        _COUNTS["requests"] += 1
+        if cause is not None:
+            _COUNTS["retries"] += 1
+            _COUNTS[f"cause:{cause}"] += 1
+    return None  # never a decision: botocore's retry handler decides
+
+
+def storage_counts() -> dict[str, Any]:
+    """This process's S3 requests and failed (retried) attempts so far; the first call starts
+    counting (for every S3 client created from then on)."""
+    global _HOOKED
+    with _COUNTS_LOCK:
+        if not _HOOKED:
+            try:
+                from botocore import handlers
+            except ImportError:  # no S3 support installed: nothing to count
+                pass
+            else:
+                # the handlers every new botocore session registers (aiobotocore's too)
+                handlers.BUILTIN_HANDLERS.append(("needs-retry.s3", _on_attempt))
+            _HOOKED = True
+        return {"pid": os.getpid(), "host": platform.node(), **_COUNTS}
+
+
+@dataclass
+class StorageTally:
+    """The storage requests and retries of one run or scoring job, over the driver and the
+    workers (per-process counters read at the start and now; a concurrent job on the same
+    cluster would be counted too)."""
+
+    what: str
+    client: Any = field(repr=False, default=None)
+    start: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def begin(cls, what: str, client: Any = None) -> StorageTally:
+        """Start counting for ``what`` ("run", "scoring job") on this process and every worker
+        of ``client``."""
+        tally = cls(what, client)
+        tally.start = tally._read()
+        return tally
+
+    def _read(self) -> dict[tuple[str, int], dict[str, Any]]:
+        snapshots = [storage_counts()]
+        if self.client is not None:
+            try:
+                snapshots += list(self.client.run(storage_counts).values())
+            except Exception as exc:  # counting is a courtesy; it never fails a job
+                logger.debug("could not read the workers' storage counters: %s", exc)
+        return {(s["host"], s["pid"]): s for s in snapshots}
+
+    def counts(self) -> dict[str, Any]:
+        """``{"requests", "retries", "causes": {cause: n}}`` since :meth:`begin`."""
+        total: collections.Counter = collections.Counter()
+        for key, now in self._read().items():
+            before = self.start.get(key, {})
+            for name, value in now.items():
+                if name not in ("pid", "host"):
+                    total[name] += value - before.get(name, 0)
+        causes = {k.removeprefix("cause:"): v for k, v in sorted(total.items())
+                  if k.startswith("cause:") and v}
+        return {"requests": total["requests"], "retries": total["retries"], "causes": causes}
+
+    def summary(self, counts: Mapping[str, Any] | None = None) -> str:
+        """One line: ``storage: 1,204 requests, 12 retried (500 InternalError x5, ...)``."""
+        counts = counts or self.counts()
+        causes = ", ".join(f"{k} x{v}" for k, v in counts["causes"].items())
+        return (f"storage ({self.what}): {counts['requests']:,} S3 requests, "
+                f"{counts['retries']:,} retried" + (f" ({causes})" if causes else ""))
+
+
 def _process_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -120,13 +306,32 @@ def _process_umask() -> int:
 _UMASK = _process_umask()
 
 
-def atomic_write(fs: Any, path: str, data: bytes, *, create_once: bool = False) -> None:
+def atomic_write(fs: Any, path: str, data: bytes, *, create_once: bool = False,
+                 stage: str | None = None) -> None:
     """Write ``data`` so that a reader sees either nothing or all of it.
 
     Local files: a temporary file in the same directory, fsync'ed, then renamed (or hard-linked
     for ``create_once``, which fails if the target exists). Object stores: one PUT (S3 shows an
     object only once it is complete), with ``If-None-Match: *`` for ``create_once``.
+
+    A create-once write that finds the object already there reads it back: an equal one
+    (same size and sha256) is this very write, whose response was lost and whose retry got
+    "412 Precondition Failed", so the write is done; a different one raises
+    :class:`FileExistsError`. A write that fails for good raises
+    :class:`~pipeline.errors.StorageError` naming the URL and ``stage`` (default: "write
+    <file name>").
     """
+    with storage_stage(fs, path, stage or f"write {path.rstrip('/').rsplit('/', 1)[-1]}"):
+        try:
+            _write(fs, path, data, create_once)
+        except FileExistsError:
+            if not create_once or not _holds(fs, path, data):
+                raise
+            logger.info("%s was already written with the same content (a lost response "
+                        "retried): done", url_of(fs, path))
+
+
+def _write(fs: Any, path: str, data: bytes, create_once: bool) -> None:
     if is_local(fs):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
@@ -161,6 +366,17 @@ def atomic_write(fs: Any, path: str, data: bytes, *, create_once: bool = False) 
     fs.pipe_file(path, data)
 
 
+def _holds(fs: Any, path: str, data: bytes) -> bool:
+    """Does the object at ``path`` hold exactly ``data`` (size, then sha256)?"""
+    with contextlib.suppress(AttributeError):
+        fs.invalidate_cache(path)
+    try:
+        existing = fs.cat_file(path)
+    except FileNotFoundError:
+        return False
+    return len(existing) == len(data) and sha256(existing) == sha256(data)
+
+
 def _precondition_failed(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc} {getattr(exc, '__cause__', '')}"
     return any(s in text for s in ("PreconditionFailed", "412", "ConditionalRequestConflict",
@@ -183,14 +399,17 @@ def write_run(root: str, run_id: str, files: Mapping[str, bytes], *, meta: Mappi
         raise ValueError("manifest.json is written by write_run itself")
     # A version is immutable once its manifest exists: refuse before touching its files (the
     # create-once manifest write below only protects the manifest itself).
-    if fs.exists(join(base, MANIFEST)):
+    with storage_stage(fs, base, "look for an earlier manifest of this run"):
+        finished = fs.exists(join(base, MANIFEST))
+    if finished:
         raise FileExistsError(f"{join(root, 'runs', run_id)} is a completed run (it has a "
                               "manifest); versions are immutable, write a new run")
     if is_local(fs):
         fs.makedirs(base, exist_ok=True)
     listed = {}
     for name, data in files.items():
-        fs.pipe_file(join(base, name), data)
+        with storage_stage(fs, join(base, name), f"write the bundle file {name}"):
+            fs.pipe_file(join(base, name), data)
         listed[name] = {"sha256": sha256(data), "size": len(data)}
     manifest = {
         "format": FORMAT,
@@ -201,7 +420,8 @@ def write_run(root: str, run_id: str, files: Mapping[str, bytes], *, meta: Mappi
         **dict(meta),
     }
     payload = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
-    atomic_write(fs, join(base, MANIFEST), payload, create_once=True)
+    atomic_write(fs, join(base, MANIFEST), payload, create_once=True,
+                 stage="publish the manifest (the run's last file)")
     manifest["_sha256"] = sha256(payload)
     return manifest
 
@@ -216,6 +436,11 @@ class Pointer:
 
 
 def read_pointer(fs: Any, path: str) -> Pointer:
+    with storage_stage(fs, path, "read the model's pointer", missing_ok=True):
+        return _read_pointer(fs, path)
+
+
+def _read_pointer(fs: Any, path: str) -> Pointer:
     try:
         if is_s3(fs):
             bucket, key, _ = fs.split_path(path)
@@ -266,12 +491,17 @@ def swap_pointer(fs: Any, path: str, expected: Pointer, doc: Mapping[str, Any]) 
     if is_s3(fs):
         bucket, key, _ = fs.split_path(path)
         condition = {"IfMatch": expected.token} if expected.token else {"IfNoneMatch": "*"}
-        try:
-            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=payload, **condition)
-        except OSError as exc:
-            if _precondition_failed(exc):
-                raise ConflictError(f"{path} was changed by another writer") from None
-            raise
+        with storage_stage(fs, path, "flip the model's pointer (compare-and-swap)"):
+            try:
+                fs.call_s3("put_object", Bucket=bucket, Key=key, Body=payload, **condition)
+            except OSError as exc:
+                if not _precondition_failed(exc):
+                    raise
+                # the retry of a swap whose response was lost finds its own write: done
+                if read_pointer(fs, path).doc != json.loads(payload):
+                    raise ConflictError(f"{path} was changed by another writer") from None
+                logger.info("%s already holds this swap (a lost response retried): done",
+                            url_of(fs, path))
         fs.invalidate_cache(path)
         return
     if is_local(fs):
@@ -299,7 +529,8 @@ def publish(root: str, name: str, manifest: Mapping[str, Any], *,
         fs.makedirs(join(models, "versions"), exist_ok=True)
     with contextlib.suppress(FileExistsError):
         atomic_write(fs, join(models, "versions", f"{run_id}.json"),
-                     json.dumps(record, indent=2, sort_keys=True).encode(), create_once=True)
+                     json.dumps(record, indent=2, sort_keys=True).encode(), create_once=True,
+                     stage="register the version")
     return set_current(root, name, run_id, manifest_sha256=manifest["_sha256"],
                        storage_options=storage_options, attempts=attempts, reason="run")
 
@@ -321,6 +552,11 @@ def set_current(root: str, name: str, run_id: str, *, manifest_sha256: str,
     for attempt in range(attempts):
         current = read_pointer(fs, path)
         current_run = current.doc["run_id"] if current.doc else None
+        if current.doc and current_run == run_id \
+                and current.doc.get("manifest_sha256") == manifest_sha256:
+            # already current (this call's own swap, or an earlier one): swapping again would
+            # make the run its own predecessor in the history
+            return current.doc
         if expected_run is not ... and current_run != expected_run:
             raise ConflictError(f"model {name!r} is at {current_run}, not {expected_run}; "
                                 "someone else changed it: look and retry")
@@ -374,7 +610,9 @@ class Bundle:
         if listed is None:
             raise BundleError(f"{self.url} has no {name} in its manifest")
         try:
-            data = self.fs.cat_file(join(self.base, name))
+            with storage_stage(self.fs, join(self.base, name), f"read the bundle file {name}",
+                               missing_ok=True):
+                data = self.fs.cat_file(join(self.base, name))
         except FileNotFoundError:
             raise BundleError(f"{self.url}/{name} is listed in the manifest but missing") from None
         if len(data) != listed["size"] or sha256(data) != listed["sha256"]:
@@ -414,7 +652,8 @@ def open_bundle(url: str, storage_options: Mapping[str, Any] | None = None) -> B
         run_id, expected_sha = key, None
     base = fs._strip_protocol(join(root, "runs", run_id))
     try:
-        raw = fs.cat_file(join(base, MANIFEST))
+        with storage_stage(fs, join(base, MANIFEST), "read the run's manifest", missing_ok=True):
+            raw = fs.cat_file(join(base, MANIFEST))
     except FileNotFoundError:
         raise BundleError(f"{join(root, 'runs', run_id)} has no manifest.json: the run did not "
                           "complete (or is still running); it is not a model") from None
@@ -479,10 +718,27 @@ def dumps_skops(obj: Any) -> bytes:
 
 
 def loads_skops(data: bytes, what: str) -> Any:
+    """Load a skops file (``what`` names it: its URL) after refusing untrusted types; a file
+    skops cannot read is a :class:`BundleError` naming it, never a library traceback."""
     import skops.io as sio
 
-    _check_types(data, what)
-    return sio.loads(data, trusted=trusted_types())
+    try:
+        _check_types(data, what)
+        return sio.loads(data, trusted=trusted_types())
+    except BundleError:
+        raise
+    except Exception as exc:
+        raise BundleError(_not_a_model(what, "skops", exc)) from None
+
+
+def _not_a_model(what: str, reader: str, exc: BaseException) -> str:
+    # skops' answer is one readable line ("File is not a zip file"); XGBoost's is a C++
+    # source location and stack: only its exception type is kept
+    first = "" if reader == "XGBoost" else next(
+        (line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return (f"{what} is not a valid model file ({reader} cannot read it: {type(exc).__name__}"
+            f"{': ' + first[:200] if first else ''}); the bundle is damaged or was tampered "
+            "with: use another version, or retrain")
 
 
 def _check_types(data: bytes, what: str) -> None:
@@ -526,27 +782,65 @@ def model_bytes(model: Any) -> tuple[str, bytes]:
     return "model.skops", dumps_skops(model)
 
 
+def model_files(model: Any) -> dict[str, bytes]:
+    """A fitted model's files: ``model.ubj`` or ``model.skops`` (:func:`model_bytes`), or an
+    ensemble's (:class:`pipeline.ensemble_predictor.Ensemble`): its ``ensemble.json`` and each
+    member's model and preprocessing tail, stored the same way (``member-<family>.ubj``,
+    ``member-<family>-tail.skops``)."""
+    from pipeline.ensemble_predictor import SPEC, Ensemble
+
+    if not isinstance(model, Ensemble):
+        return dict([model_bytes(model)])
+    files = {SPEC: json_bytes(model.spec())}
+    for stem, part in model.parts().items():
+        name, data = model_bytes(part)  # model.ubj / model.skops: the stem's suffix
+        files[stem + name.removeprefix("model")] = data
+    return files
+
+
+def read_object(bundle: Bundle, stem: str = "model") -> Any:
+    """The verified object stored as ``<stem>.ubj`` (an XGBoost booster) or ``<stem>.skops``
+    (scikit-learn, our transformers)."""
+    if bundle.has(f"{stem}.ubj"):
+        return load_booster(bundle.read(f"{stem}.ubj"), f"{bundle.url}/{stem}.ubj")
+    return loads_skops(bundle.read(f"{stem}.skops"), f"{bundle.url}/{stem}.skops")
+
+
 def load_predictor(bundle: Bundle) -> Any:
     """The :class:`~pipeline.predictor.Predictor` of a bundle, after checking every file the
-    manifest lists (a version is trusted whole or not at all)."""
+    manifest lists (a version is trusted whole or not at all); an ensemble's bundle gives an
+    :class:`~pipeline.ensemble_predictor.EnsemblePredictor`."""
+    from pipeline import ensemble_predictor
     from pipeline.predictor import Predictor
 
     bundle.verify()
 
     schema = bundle.json("schema.json")
-    preprocessor = loads_skops(bundle.read("preprocessor.skops"), f"{bundle.url}/preprocessor")
-    if bundle.has("model.ubj"):
-        import xgboost
-
-        model = xgboost.Booster()
-        model.load_model(bytearray(bundle.read("model.ubj")))
-        model.set_param({"nthread": 1})  # scoring parallelism comes from Dask partitions
-    else:
-        model = loads_skops(bundle.read("model.skops"), f"{bundle.url}/model")
+    preprocessor = loads_skops(bundle.read("preprocessor.skops"),
+                               f"{bundle.url}/preprocessor.skops")
     _check_kernels(bundle, schema)
+    if bundle.has(ensemble_predictor.SPEC):  # several models averaged
+        return ensemble_predictor.load(bundle.json(ensemble_predictor.SPEC), schema,
+                                       preprocessor, lambda stem: read_object(bundle, stem),
+                                       run_id=bundle.run_id)
+    model = read_object(bundle)
     return Predictor(task=schema["task"], target=schema["target"], classes=schema["classes"],
                      preprocessor=preprocessor, model=model, threshold=schema["threshold"],
                      family=schema["family"], run_id=bundle.run_id)
+
+
+def load_booster(data: bytes, what: str) -> Any:
+    """An XGBoost Booster from its native bytes (``what``: their URL); bytes XGBoost cannot
+    read are a :class:`BundleError` naming the file, not XGBoost's C++ stack."""
+    import xgboost
+
+    model = xgboost.Booster()
+    try:
+        model.load_model(bytearray(data))
+    except xgboost.core.XGBoostError as exc:
+        raise BundleError(_not_a_model(what, "XGBoost", exc)) from None
+    model.set_param({"nthread": 1})  # scoring parallelism comes from Dask partitions
+    return model
 
 
 def _check_kernels(bundle: Bundle, schema: Mapping[str, Any]) -> None:

@@ -45,7 +45,7 @@ def write(job: JobSpec, training: Training, rows: Mapping[str, int], winner: str
           board: list[dict[str, Any]], holdout: Any, timings: dict[str, float],
           client: Client, performance_report: Callable[[], bytes], *,
           profile: Mapping[str, Any] | None = None, gate: Mapping[str, Any] | None = None,
-          publish: bool = True) -> Published:
+          publish: bool = True, storage: Mapping[str, Any] | None = None) -> Published:
     """Assemble the bundle of a run, write it under ``<output>/runs/<run_id>/`` and (with
     ``publish``) make it the model's current version.
 
@@ -54,7 +54,9 @@ def write(job: JobSpec, training: Training, rows: Mapping[str, int], winner: str
     (the drift reference, :func:`pipeline.monitor.reference_profile`); ``gate`` is the
     champion/challenger decision (:class:`pipeline.monitor.Verdict`), kept in
     ``metrics.json`` and shown in the report. ``publish=False`` writes the version without
-    registering it (the gate's :func:`pipeline.monitor.settle` does that).
+    registering it (the gate's :func:`pipeline.monitor.settle` does that). ``storage``: the
+    run's storage requests and retries (:class:`pipeline.artifacts.StorageTally`), kept in
+    ``metrics.json``.
     """
     import cluster
     from pipeline import artifacts
@@ -88,6 +90,8 @@ def write(job: JobSpec, training: Training, rows: Mapping[str, int], winner: str
     }
     if gate is not None:
         metrics["gate"] = dict(gate)
+    if storage is not None:  # the run's S3 requests and retried attempts so far
+        metrics["storage"] = dict(storage)
     schema = schema_doc(job, training, winner, predictor, sample)
     source = training.source
     meta = {
@@ -98,12 +102,11 @@ def write(job: JobSpec, training: Training, rows: Mapping[str, int], winner: str
         "headline": head, "cluster": cluster.describe(client),
     }
     run_id = artifacts.new_run_id(job.fingerprint())
-    model_name, model_data = artifacts.model_bytes(refit.model)
     performance = performance_report()
     files = {
         "job.yaml": job.to_yaml().encode(),
         "preprocessor.skops": artifacts.dumps_skops(prep),
-        model_name: model_data,
+        **artifacts.model_files(refit.model),  # an ensemble: its members' files
         "schema.json": artifacts.json_bytes(schema),
         "metrics.json": artifacts.json_bytes(metrics),
         "sample.parquet": artifacts.parquet_bytes(predicted),

@@ -7,13 +7,20 @@ A module of its own because it subclasses XGBoost's callback at import time, and
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from xgboost import collective
-from xgboost.callback import TrainingCallback
+from xgboost.callback import EarlyStopping, TrainingCallback
 
 from pipeline.artifacts import atomic_write
+
+#: the booster attribute that carries the evaluation history inside a checkpoint
+HISTORY_ATTR = "mlpipe_history"
+
+History = dict[str, dict[str, list[float]]]
 
 
 class StoreCheckpoint(TrainingCallback):
@@ -21,18 +28,70 @@ class StoreCheckpoint(TrainingCallback):
 
     It runs inside xgboost.dask's training task on each worker; only rank 0 writes. The format
     is XGBoost's own UBJSON (``save_raw``), read back with ``Booster.load_model``: never
-    pickle.
+    pickle. The evaluation history so far (``prior``, the rounds before this training
+    resumed, then this training's) travels inside it as the attribute :data:`HISTORY_ATTR`
+    of a copy, so that a run resumed in another process continues early stopping and the
+    learning curve exactly where the checkpoint left them (:func:`split_checkpoint`).
     """
 
-    def __init__(self, target: tuple[Any, str], every: int) -> None:
+    def __init__(self, target: tuple[Any, str], every: int,
+                 prior: Mapping[str, Mapping[str, list[float]]] | None = None) -> None:
         super().__init__()
         self.fs, self.path = target
         self.every = int(every)
+        self.prior = {n: {m: list(v) for m, v in c.items()} for n, c in (prior or {}).items()}
 
     def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
         if model.num_boosted_rounds() % self.every == 0 and collective.get_rank() == 0:
-            atomic_write(self.fs, self.path, bytes(model.save_raw(raw_format="ubj")))
+            history = merged(self.prior, evals_log)
+            copy = model.copy()
+            copy.set_attr(**{HISTORY_ATTR: json.dumps(history)})
+            atomic_write(self.fs, self.path, bytes(copy.save_raw(raw_format="ubj")))
         return False
+
+
+def merged(prior: Mapping[str, Mapping[str, list[float]]], log: Any) -> History:
+    """``prior`` followed by ``log`` (XGBoost's evals log), as plain floats."""
+    out: History = {n: {m: [float(x) for x in v] for m, v in c.items()}
+                    for n, c in prior.items()}
+    for name, curves in (log or {}).items():
+        for metric, values in curves.items():
+            out.setdefault(name, {}).setdefault(metric, []).extend(float(v) for v in values)
+    return out
+
+
+def split_checkpoint(raw: bytes) -> tuple[Any, History]:
+    """A checkpoint's booster (without the history attribute) and the history it carried."""
+    import xgboost
+
+    booster = xgboost.Booster()
+    booster.load_model(bytearray(raw))
+    text = booster.attr(HISTORY_ATTR)
+    booster.set_attr(**{HISTORY_ATTR: None})
+    return booster, (json.loads(text) if text else {})
+
+
+class ResumedStopping(EarlyStopping):
+    """XGBoost's early stopping, continued from the scores of the rounds before a resume.
+
+    XGBoost's own callback starts counting afresh on a resumed booster: its best score and
+    its rounds without improvement would then differ from an uninterrupted run's, and so
+    could the round it stops at. The scores of the earlier rounds (``prior``, the watched
+    metric of the watched data, in round order) are replayed first, with XGBoost's own rule.
+    """
+
+    def __init__(self, *, prior: list[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.prior = [float(v) for v in prior]
+
+    def before_training(self, model: Any) -> Any:
+        model = super().before_training(model)
+        # after_iteration adds starting_round to the epoch it is given: round i of the prior
+        # scores is epoch i - len(prior) of this training
+        for i in range(len(self.prior)):
+            self.after_iteration(model, i - len(self.prior),
+                                 {self.data: {self.metric_name: self.prior[: i + 1]}})
+        return model
 
 
 #: the distributed event topic of :class:`RoundProgress`

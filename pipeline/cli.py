@@ -11,12 +11,23 @@ import click
 
 from pipeline.cli_common import cluster_options, cluster_overrides, cluster_spec
 from pipeline.config import JobError
+from pipeline.errors import ClusterLostError, ExitCode, StorageError, exit_code, exit_codes_text
 
 logger = logging.getLogger("pipeline")
 
 #: errors that are the user's to fix: one paragraph, no traceback (unless -v).
 _EXPECTED: tuple[type[BaseException], ...] = (JobError, ValueError, FileNotFoundError,
-                                               PermissionError, TimeoutError, RuntimeError)
+                                               PermissionError, TimeoutError, RuntimeError,
+                                               StorageError)
+
+#: (module, class) of the errors that mean bad input (exit 2), looked up only in modules
+#: already imported: an error class whose module was never loaded cannot have been raised,
+#: and importing it on the way out would cost seconds.
+BAD_INPUT_ERRORS = (("pipeline.config", "JobError"), ("pipeline.load", "DataError"),
+                    ("pipeline.artifacts", "BundleError"),
+                    ("pipeline.monitor", "MonitorInputError"))
+#: the same for "the cluster could not be reached or had no workers" (exit 5)
+CLUSTER_ERRORS = (("cluster", "ClusterError"),)
 
 
 class _Stderr(logging.StreamHandler):
@@ -66,11 +77,35 @@ def _setup_logging(verbose: bool) -> None:
         root.addHandler(libraries)
     libraries.setFormatter(formatter)
     libraries.setLevel(logging.INFO if verbose else logging.WARNING)  # their chatter: -v
+    # without -v, distributed's own warnings and errors (sizeof failures, a nanny killing a
+    # worker at close, a failed task) are left out too: what they mean reaches the user as
+    # our stage lines or one error paragraph
+    libraries.filters[:] = [] if verbose else [_quiet_distributed]
     for h in logging.getLogger("distributed").handlers:
         h.setFormatter(formatter)
+    _quiet_libraries(verbose)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _quiet_distributed(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL or not record.name.startswith(("distributed",
+                                                                              "tornado"))
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """What the libraries and the workers of clusters we start may print (-v: everything)."""
+    import warnings
+
+    from cluster import logs
+
+    logs.set_worker_level(logging.INFO if verbose else logging.CRITICAL)
+    if not verbose:  # e.g. dask-glm's deprecated dask config key: for its developers
+        for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+            warnings.filterwarnings("ignore", category=category,
+                                    module=r"(?!pipeline|kernels|cluster)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="\b\nExit codes:\n" + exit_codes_text())
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging and full tracebacks.")
 @click.version_option(package_name="mlpipe", prog_name="mlpipe")
 @click.pass_context
@@ -98,14 +133,17 @@ def run(job_file: str, overrides: tuple[str, ...], scheduler: str | None,
         n_workers: int | None, threads_per_worker: int | None) -> None:
     """Run JOB_FILE end to end and publish the model bundle."""
     from pipeline.config import load_job
+    from pipeline.progress import Progress, stage_names
     from pipeline.workflow import run as run_job
 
     job = load_job(job_file, [*overrides, *cluster_overrides(n_workers, threads_per_worker)])
     try:
-        result = run_job(job, address=scheduler)
+        with Progress(stage_names(list(job.models))) as progress:  # a bar on a terminal
+            result = run_job(job, address=scheduler, on_stage=progress.stage_done)
     except Exception as exc:
-        if lost_scheduler(exc):
-            raise RuntimeError(
+        # a cluster that could not be reached says so itself (cluster.ClusterError)
+        if lost_scheduler(exc) and not isinstance(exc, _loaded_types(CLUSTER_ERRORS)):
+            raise ClusterLostError(
                 f"lost the connection to the Dask scheduler ({type(exc).__name__}: {exc}); the "
                 "scheduler or its machine went away, and the work in the cluster's memory with "
                 "it. Rerun the same command once the cluster is back: stages that completed "
@@ -252,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         code = cli.main(args=args, prog_name="mlpipe", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        return 130
+        return ExitCode.INTERRUPTED
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
@@ -260,13 +298,22 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:
+        code = int(exit_code(exc, _loaded_types(BAD_INPUT_ERRORS) + (FileNotFoundError,),
+                             _loaded_types(CLUSTER_ERRORS)))
         if verbose:
-            raise
+            import traceback
+
+            traceback.print_exc()
         click.echo(_paragraph(exc), err=True)
-        return 1
+        return code
     return code if isinstance(code, int) else 0
+
+
+def _loaded_types(names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
+    return tuple(getattr(sys.modules[module], name) for module, name in names
+                 if module in sys.modules and hasattr(sys.modules[module], name))
 
 
 def _paragraph(exc: BaseException) -> str:

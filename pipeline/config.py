@@ -94,8 +94,13 @@ class DataSpec(_Spec):
     drop: list[str] = []
     #: the label that counts as positive in a binary task (default: the larger of the two).
     positive: str | int | bool | None = None
-    #: CSV partition size (dask's read_csv blocksize).
+    #: CSV partition size (bytes per partition, e.g. 64MiB).
     blocksize: str = "64MiB"
+    #: CSV text encoding (a Python codec name: utf-8, latin-1, cp1252, ...).
+    encoding: str = Field("utf-8", min_length=1)
+    #: a CSV row with more fields than the header: error (name file and line) or skip
+    #: (drop it; the count is logged and kept in metrics.json's data summary).
+    bad_lines: Literal["error", "skip"] = "error"
 
     @field_validator("schema_")
     @classmethod
@@ -106,6 +111,18 @@ class DataSpec(_Spec):
                 raise ValueError(f"column {column!r} has unknown dtype {dtype!r}{hint}; "
                                  f"use one of: {', '.join(DTYPES)}")
         return schema
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {encoding!r}; use a Python codec name "
+                             "such as utf-8, latin-1 or cp1252") from None
+        return encoding
 
     @model_validator(mode="after")
     def _consistent(self) -> DataSpec:
@@ -449,6 +466,52 @@ class ClusterSpec(_Spec):
         return value
 
 
+# --------------------------------------------------------------------------- tracking
+
+#: how to install what ``tracking.mlflow`` needs (MLflow's client, ``mlflow-skinny``).
+MLFLOW_EXTRA = "pip install -e '.[mlflow]'"
+#: tracking URI schemes that are a database (MLflow's SQLAlchemy store).
+MLFLOW_DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+class MlflowSpec(_Spec):
+    """Where every run is logged in MLflow (:mod:`pipeline.tracking`)."""
+
+    #: tracking URI: a server (http://host:5000), a local database (sqlite:///path/mlflow.db;
+    #: artifacts then go to ./mlruns unless the experiment says otherwise) or ``databricks``;
+    #: default: the MLFLOW_TRACKING_URI environment variable.
+    uri: str | None = Field(None, min_length=1)
+    #: experiment name (created when missing); default: the job's name.
+    experiment: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _usable(self) -> MlflowSpec:
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise ValueError(f"tracking.mlflow needs MLflow's client, which is not installed: "
+                             f"{MLFLOW_EXTRA} (or pip install mlflow), or remove the tracking "
+                             "block")
+        uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise ValueError("tracking.mlflow.uri is not given and MLFLOW_TRACKING_URI is not "
+                             "set: give the tracking server (http://host:5000) or a local store "
+                             "(sqlite:///path/to/mlflow.db)")
+        scheme = uri.split(":", 1)[0].split("+", 1)[0]
+        if scheme in MLFLOW_DATABASES and not all(
+                importlib.util.find_spec(m) for m in ("sqlalchemy", "alembic")):
+            raise ValueError(f"tracking URI {uri!r} is a database store, which needs "
+                             f"sqlalchemy and alembic: {MLFLOW_EXTRA} installs them, or use a "
+                             "tracking server (http://...)")
+        return self
+
+
+class TrackingSpec(_Spec):
+    """Experiment tracking of every run (MLFLOW_TRACKING_URI alone also turns it on)."""
+
+    mlflow: MlflowSpec | None = None
+
+
 # --------------------------------------------------------------------------- the job
 
 
@@ -470,6 +533,8 @@ class JobSpec(_Spec):
     cluster: ClusterSpec = ClusterSpec()
     monitor: MonitorSpec = MonitorSpec()
     refine: RefineSpec = RefineSpec()
+    #: experiment tracking (pipeline/tracking.py): {mlflow: {uri, experiment}}
+    tracking: TrackingSpec = TrackingSpec()
     #: passed to dask.config.set as is, e.g. {distributed.scheduler.no-workers-timeout: 60s}
     dask: dict[str, Any] = {}
     #: where the job file was read from (not part of the file).
@@ -521,6 +586,17 @@ class JobSpec(_Spec):
                                  f"known: {', '.join(FAMILIES)}")
         return models
 
+    @field_validator("models", "dask", "storage_options")
+    @classmethod
+    def _finite(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
+        # the typed keys refuse NaN and infinity themselves (allow_inf_nan=False); these
+        # free-form blocks go to XGBoost, scikit-learn and dask as they are
+        found = non_finite(value, info.field_name)
+        if found:
+            key, number = found[0]
+            raise ValueError(f"{key} is {number}: {_FINITE}")
+        return value
+
     @model_validator(mode="after")
     def _cross_checks(self) -> JobSpec:
         from pipeline.models import FAMILIES, check_params
@@ -559,6 +635,9 @@ class JobSpec(_Spec):
                     f"of (the families that have: "
                     f"{', '.join(f for f in FAMILIES if FAMILIES[f]['budget'] == budget)}); "
                     "use auto (each family its own) or rows")
+        if self.search.ensemble and len(self.models) < 2:
+            raise ValueError("search.ensemble averages several families' models: name at least "
+                             "two under models: (or leave models: out for search: auto)")
         if self.search.method in ("halving", "auto") and self.search.strategy == "full":
             raise ValueError(f"search.method {self.search.method} runs on the in-memory "
                              "sample; use strategy: sample with it")
@@ -652,10 +731,54 @@ def load_job(path: str | os.PathLike[str] | Mapping[str, Any],
         _apply_override(raw, item, source)
     _resolve_paths(raw, Path.cwd())
     raw["source"] = None if source == "<mapping>" else source
+    _refuse_non_finite(raw, source, lines)
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
         raise JobError(_explain(exc, source, lines)) from None
+
+
+_FINITE = "NaN and infinity are not allowed; give a finite number"
+
+
+def non_finite(value: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """Every (dotted key, number) under ``value`` that is NaN or infinite (YAML ``.nan``,
+    ``.inf``, ``1e999``).
+
+    Examples
+    --------
+    >>> non_finite({"xgboost": {"learning_rate": float("nan"), "max_depth": 4}}, "models")
+    [('models.xgboost.learning_rate', nan)]
+    """
+    if isinstance(value, float):
+        return [] if value == value and abs(value) != float("inf") else [(prefix, value)]
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return []
+    out = []
+    for key, child in items:
+        out.extend(non_finite(child, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _refuse_non_finite(raw: Any, source: str, lines: dict[tuple, int]) -> None:
+    """NaN or infinity anywhere in the document: one line per key, with its file line."""
+    found = non_finite(raw)
+    if not found:
+        return
+    out = []
+    for key, number in found:
+        path = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+        line = next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines),
+                    None)
+        where = f"{source}, line {line}" if line else source
+        out.append(f"  - {where}: {key}: found {number}; {_FINITE}")
+    head = (f"job file {source} is not valid ({len(out)} problem"
+            f"{'s' if len(out) > 1 else ''}):")
+    raise JobError("\n".join([head, *out]))
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -1337,7 +1337,8 @@ def leaderboard(fits: Mapping[str, Any], winner: str, job: JobSpec) -> list[dict
         gap = overfit_check(fit.train, fit.holdout, job.evaluate.overfit_bound)
         rows.append({
             "family": family, "chosen": family == winner, "training": refit.training,
-            "how": FAMILIES[family]["how"], "metric": primary,
+            "how": FAMILIES.get(family, {}).get("how") or refit.details.get("selection"),
+            "metric": primary,
             "cv_mean": found.cv_mean, "cv_std": found.cv_std, "candidates": found.candidates,
             "search": found.method, "params": refit.params,
             "holdout": headline(fit.holdout, task), "train": headline(fit.train, task),
@@ -1384,7 +1385,8 @@ def model_warnings(fit: Any, task: str) -> list[str]:
 
     out = []
     trees = fit.refit.details.get("trees")
-    boosted = FAMILIES.get(fit.search.family, {}).get("budget") == "rounds"  # not a forest
+    family = getattr(fit.search, "family", None)  # None: a warm-started booster
+    boosted = family is None or FAMILIES.get(family, {}).get("budget") == "rounds"  # no forest
     if boosted and trees is not None and trees < FEW_TREES:
         out.append(f"only {trees} tree(s) kept: boosting stopped almost at once; too few "
                    "validation rows, or the features say little about the target")

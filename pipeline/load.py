@@ -56,13 +56,37 @@ class Source:
     fingerprint: str
     bytes: int
     fs: Any = field(repr=False, compare=False)
+    encoding: str = "utf-8"  # of CSV files (data.encoding)
+    sql: SqlTable | None = None  # format "sql": the table behind the URL
+
+
+#: SQLAlchemy dialects whose URLs are SQL sources (``sqlite:///x.db?table=loans&index=id``)
+SQL_DIALECTS = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle")
+
+
+@dataclass(frozen=True)
+class SqlTable:
+    """A SQL source: the connection URL without mlpipe's own parameters, and what to read."""
+
+    connection: str
+    table: str
+    index: str  # an indexed, orderable column: the partitions are ranges of it
+    partitions: int | None = None
+
+
+def is_sql(url: str) -> bool:
+    """Is ``url`` a SQLAlchemy database URL (``sqlite:///x.db?table=t&index=id``)?"""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    return scheme.split("+", 1)[0].lower() in SQL_DIALECTS
 
 
 def find_files(url: str, storage_options: Mapping[str, Any] | None = None,
-               fmt: str = "auto") -> Source:
+               fmt: str = "auto", encoding: str = "utf-8") -> Source:
     """List the data files at ``url`` (a file, a directory or a glob) without reading them.
 
     Files whose names start with ``_`` or ``.`` (``_SUCCESS``, ``_metadata``) are skipped.
+    ``encoding`` is the text encoding of CSV files (every CSV reader below takes it from the
+    returned :class:`Source`).
 
     Examples
     --------
@@ -72,6 +96,8 @@ def find_files(url: str, storage_options: Mapping[str, Any] | None = None,
     """
     from fsspec.core import url_to_fs
 
+    if is_sql(url):
+        return _sql_source(url)
     try:
         fs, path = url_to_fs(url, **dict(storage_options or {}))
     except (ValueError, ImportError) as exc:
@@ -111,7 +137,49 @@ def find_files(url: str, storage_options: Mapping[str, Any] | None = None,
     files = tuple(fs.unstrip_protocol(n) if protocol not in ("file", "local") else n
                   for n in names)
     return Source(url=url, protocol=protocol, format=fmt, files=files,
-                  fingerprint=digest.hexdigest()[:16], bytes=total, fs=fs)
+                  fingerprint=digest.hexdigest()[:16], bytes=total, fs=fs, encoding=encoding)
+
+
+def _sql_source(url: str) -> Source:
+    """A SQL table as a :class:`Source`: its columns are checked like a file's header."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    import sqlalchemy as sa
+
+    parts = urlsplit(url)
+    params = dict(parse_qsl(parts.query))
+    table, index = params.pop("table", None), params.pop("index", None)
+    partitions = params.pop("partitions", None)
+    if not table or not index:
+        raise DataError(f"the SQL source {url} needs ?table=NAME&index=COLUMN (an indexed, "
+                        "orderable column, e.g. the primary key: partitions are ranges of it)")
+    # not urlunsplit: it drops the empty host of sqlite:///path
+    connection = url.split("?", 1)[0] + (f"?{urlencode(params)}" if params else "")
+    try:
+        engine = sa.create_engine(connection)
+        with engine.connect() as conn:
+            columns = [c["name"] for c in sa.inspect(conn).get_columns(table)]
+            if not columns:
+                raise DataError(f"no table {table!r} at {connection}")
+            if index not in columns:
+                raise DataError(f"the index column {index!r} is not in the table {table!r} "
+                                f"of {connection}; found columns {columns}"
+                                f"{did_you_mean(index, columns)}")
+            tbl = sa.table(table, sa.column(index))
+            rows, low, high = conn.execute(sa.select(
+                sa.func.count(), sa.func.min(tbl.c[index]), sa.func.max(tbl.c[index]))).one()
+    except sa.exc.NoSuchTableError:
+        raise DataError(f"no table {table!r} at {connection}") from None
+    except sa.exc.SQLAlchemyError as exc:
+        raise DataError(f"cannot read the SQL source {connection}: {exc}") from None
+    finally:
+        if "engine" in locals():
+            engine.dispose()
+    stamp = f"{connection}\0{table}\0{columns}\0{rows}\0{low}\0{high}"
+    return Source(url=url, protocol="sql", format="sql", files=(url,),
+                  fingerprint=hashlib.sha256(stamp.encode()).hexdigest()[:16], bytes=0, fs=None,
+                  sql=SqlTable(connection, table, index,
+                               int(partitions) if partitions else None))
 
 
 def _format_of(names: Sequence[str], url: str) -> str:
@@ -144,7 +212,21 @@ def csv_separator(name: str) -> str:
 
 def read_headers(source: Source, max_workers: int = 16) -> dict[str, dict[str, str]]:
     """{file: {column: type name}} for every file; CSV headers have no types (``""``)."""
-    reader = _parquet_header if source.format == "parquet" else _csv_header
+    if source.sql is not None:  # typed by the database; coerced to the contract when read
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(source.sql.connection)
+        try:
+            with engine.connect() as conn:
+                names = [c["name"] for c in sa.inspect(conn).get_columns(source.sql.table)]
+        finally:
+            engine.dispose()
+        return {source.url: dict.fromkeys(names, "")}
+
+    def reader(fs: Any, name: str) -> dict[str, str]:
+        if source.format == "parquet":
+            return _parquet_header(fs, name)
+        return _csv_header(fs, name, source.encoding)
 
     def one(name: str) -> tuple[str, dict[str, str]]:
         try:
@@ -172,10 +254,13 @@ def _parquet_header(fs: Any, name: str) -> dict[str, str]:
     return {n: str(schema.field(n).type) for n in names}
 
 
-def _csv_header(fs: Any, name: str) -> dict[str, str]:
-    with fs.open(name, "rb", compression="infer") as raw, \
-            io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
-        line = text.readline()
+def _csv_header(fs: Any, name: str, encoding: str = "utf-8") -> dict[str, str]:
+    with fs.open(name, "rb", compression="infer") as raw:
+        head = raw.readline()
+    try:
+        line = head.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(_not_encoded(name, encoding, 1, exc)) from None
     if not line.strip():
         raise DataError(f"{name} is empty or has no header line; every CSV file needs a header")
     names = next(csv.reader([line], delimiter=csv_separator(name)))
@@ -245,8 +330,10 @@ def check_csv_sample(source: Source, schema: Mapping[str, str] | None,
 
     def one(name: str) -> None:
         with source.fs.open(name, "rb", compression="infer") as f:
+            # undecodable bytes are the reader's to name (with their line)
             sample = pd.read_csv(f, usecols=list(declared), dtype=str, nrows=rows,
-                                 sep=csv_separator(name), keep_default_na=True)
+                                 sep=csv_separator(name), keep_default_na=True,
+                                 encoding=source.encoding, encoding_errors="replace")
         for column, kind in declared.items():
             text = sample[column]
             present = text.notna()
@@ -292,64 +379,151 @@ def _compatible(arrow_type: str, declared: str) -> bool:
 
 def read(source: Source, columns: Sequence[str], *, schema: Mapping[str, str] | None = None,
          drop: Sequence[str] = (), storage_options: Mapping[str, Any] | None = None,
-         blocksize: str = "64MiB") -> Any:
-    """The lazy dask DataFrame of ``columns`` (minus ``drop``), coerced to the contract."""
-    import dask.dataframe as dd
+         blocksize: str = "64MiB", bad_lines: str = "error") -> Any:
+    """The lazy dask DataFrame of ``columns`` (minus ``drop``), coerced to the contract.
 
+    See :func:`read_counted`; this is its frame alone.
+    """
+    return read_counted(source, columns, schema=schema, drop=drop,
+                        storage_options=storage_options, blocksize=blocksize,
+                        bad_lines=bad_lines)[0]
+
+
+def read_counted(source: Source, columns: Sequence[str], *,
+                 schema: Mapping[str, str] | None = None, drop: Sequence[str] = (),
+                 storage_options: Mapping[str, Any] | None = None, blocksize: str = "64MiB",
+                 bad_lines: str = "error") -> tuple[Any, Any]:
+    """The lazy dask DataFrame of ``columns`` (minus ``drop``) coerced to the contract, and
+    the lazy number of malformed CSV lines skipped (``0`` for Parquet).
+
+    CSV files are read in the fixed partitions of :func:`csv_pieces` by :func:`read_piece`,
+    the reader scoring uses too, so that every bad value, malformed line or undecodable byte
+    is named with its file and line. Columns without a declared type get the type pandas
+    infers from the first 10,000 rows of the first file (dask's ``read_csv`` would infer
+    one from a sample and fail later with a table of mismatched dtypes). ``bad_lines``:
+    ``"error"`` refuses a row with more fields than the header, ``"skip"`` drops and counts it.
+
+    Examples
+    --------
+    >>> src = find_files("data/demo.csv")                               # doctest: +SKIP
+    >>> frame, skipped = read_counted(src, ["income", "default"])       # doctest: +SKIP
+    >>> frame.npartitions, skipped.compute()                             # doctest: +SKIP
+    (1, 0)
+    """
     keep = [c for c in columns if c not in set(drop)]
     options = dict(storage_options or {})
-    files = list(source.files)
+    declared = {c: t for c, t in (schema or {}).items() if c in keep}
     if source.format == "parquet":
-        ddf = dd.read_parquet(files, columns=keep, storage_options=options, index=False)
-        numeric: list[str] = []
+        import dask.dataframe as dd
+
+        ddf = dd.read_parquet(list(source.files), columns=keep, storage_options=options,
+                              index=False)
+        skipped: Any = 0
+        where = source.url
+    elif source.sql is not None:
+        ddf, skipped, where = _read_sql(source.sql, keep), 0, source.url
     else:
-        # declared numbers are read as text and converted in _coerce, so that a bad value
-        # is named with its column and file (pandas' parser would only say "could not
-        # convert string to float")
-        numeric = [c for c, t in (schema or {}).items()
-                   if c in keep and t.lower().startswith(("int", "uint", "float"))]
-        dtypes = {c: "str" if c in numeric else _csv_dtype(t)
-                  for c, t in (schema or {}).items() if c in keep}
-        ddf = dd.read_csv(files, usecols=keep, dtype=dtypes or None,
-                          sep=csv_separator(files[0]),
-                          blocksize=None if _compressed(files[0]) else blocksize,
-                          storage_options=options,
-                          include_path_column=_PATH if numeric else False)
-        ddf = ddf[[*keep, _PATH] if numeric else keep]
-    casts = {c: t for c, t in (schema or {}).items() if c in keep and str(ddf.dtypes[c]) != t}
+        ddf, skipped = _read_csv(source, keep, declared, options, blocksize, bad_lines)
+        where = ""  # the CSV reader names file and line itself
+    casts = {c: t for c, t in declared.items() if str(ddf.dtypes[c]) != t}
     # Always one map_partitions, even without casts: persisting a bare projected read_parquet
     # gives a collection whose keys were never computed ("lost dependencies" on the next
     # compute, dask/dask#12488).
-    return ddf.map_partitions(_coerce, casts, numeric, meta=_coerce(ddf._meta, casts, numeric))
+    return (ddf.map_partitions(_coerce, casts, where, meta=_coerce(ddf._meta, casts, where)),
+            skipped)
 
 
-#: the file of each CSV row, while its declared numbers are converted (then dropped)
-_PATH = "__mlpipe_path__"
+#: the number of malformed lines a CSV partition skipped (data.bad_lines: skip), in its first
+#: row; summed, then dropped
+_SKIPPED = "__mlpipe_skipped__"
+
+#: the largest magnitude a feature may have: XGBoost stores features as float32, where a
+#: larger number is infinite (its C++ check refuses it with no column named)
+MAX_ABS = 3.4028234663852886e38
 
 
-def _coerce(df: Any, casts: Mapping[str, str], numeric: Sequence[str] = ()) -> Any:
-    import pandas as pd
+def _read_sql(sql: SqlTable, keep: list[str]) -> Any:
+    """``dask.dataframe.read_sql_table``: partitions are ranges of the index column."""
+    import dask.dataframe as dd
 
-    if numeric:
-        df = df.copy()
-        for column in numeric:
-            text = df[column]
-            values = pd.to_numeric(text, errors="coerce")
-            bad = text.notna() & values.isna()
-            if bad.any():
-                i = int(bad.to_numpy().argmax())
-                raise DataError(f"column {column!r} of {df[_PATH].iloc[i]} holds "
-                                f"{text.iloc[i]!r}, which is not a {casts.get(column)} value "
-                                "(data.schema); fix the file, or declare the column as "
-                                "category or str")
-            df[column] = values
-        df = df.drop(columns=_PATH)
+    columns = [c for c in keep if c != sql.index]
+    options = {"npartitions": sql.partitions} if sql.partitions else {}
+    ddf = dd.read_sql_table(sql.table, sql.connection, index_col=sql.index, columns=columns,
+                            **options)
+    return ddf.reset_index()[keep] if sql.index in keep else ddf[keep]
+
+
+def _read_csv(source: Source, keep: list[str], declared: Mapping[str, str],
+              options: dict[str, Any], blocksize: str, bad_lines: str) -> tuple[Any, Any]:
+    import dask.dataframe as dd
+    from dask.utils import parse_bytes
+
+    headers = read_headers(source)
+    pieces = csv_pieces(source, int(parse_bytes(blocksize)), headers)
+    infer = [c for c in keep if c not in declared]
+    dtypes = csv_dtypes(source, keep, declared, infer=infer, nullable=False)
+    meta = pieces_meta(source, keep, dtypes).assign(**{_SKIPPED: 0})
+    raw = dd.from_map(_read_csv_part, pieces, keep=keep, dtypes=dtypes,
+                      sep=csv_separator(source.files[0]), storage_options=options,
+                      bad_lines=bad_lines, inferred=tuple(infer), meta=meta,
+                      divisions=[None] * (len(pieces) + 1), label="mlpipe-read-csv",
+                      enforce_metadata=False)
+    return raw[keep], raw[_SKIPPED].sum()
+
+
+def _read_csv_part(piece: Piece, *, keep: list[str], dtypes: dict[str, str], sep: str,
+                   storage_options: dict[str, Any], bad_lines: str,
+                   inferred: tuple[str, ...]) -> Any:
+    frame, skipped = read_csv_piece(piece, keep, dtypes=dtypes, sep=sep,
+                                    storage_options=storage_options, bad_lines=bad_lines,
+                                    inferred=inferred)
+    if skipped and frame.empty:  # the count rides in the first row; a part with none...
+        raise DataError(f"every line of {piece.describe('csv')} has more fields than the "
+                        f"header ({skipped} lines); is {piece.file} a CSV file with the "
+                        "header's columns (and the separator its name implies)?")
+    column = [0] * len(frame)
+    if column:
+        column[0] = skipped
+    return frame.assign(**{_SKIPPED: column})
+
+
+def _coerce(df: Any, casts: Mapping[str, str], where: str = "") -> Any:
+    """Cast to the contract; ``where``: the Parquet source, whose numbers are checked here
+    (the CSV reader checks its own, naming the line)."""
+    if where:
+        for column in df.columns:
+            if _is_float(df[column].dtype):
+                _check_finite(df[column], column, where, first_line=None)
     try:
         return df.astype(dict(casts)) if casts else df
     except (TypeError, ValueError) as exc:
         column = next((c for c in casts if not _casts_cleanly(df[c], casts[c])), "?")
         raise DataError(f"column {column!r} cannot be read as {casts.get(column)} "
                         f"(data.schema): {exc}") from exc
+
+
+def _is_float(dtype: Any) -> bool:
+    import pandas as pd
+
+    return pd.api.types.is_float_dtype(dtype)
+
+
+def _check_finite(values: Any, column: str, where: str, first_line: int | None) -> None:
+    """Refuse infinity and numbers beyond float32 (:data:`MAX_ABS`): the policy for features
+    (README, "Bad input"). ``first_line``: the file line of the first value, if known."""
+    import numpy as np
+
+    array = values.to_numpy(dtype="float64", na_value=np.nan)
+    bad = np.abs(array) > MAX_ABS  # NaN compares False: missing values are fine
+    if not bad.any():
+        return
+    i = int(bad.argmax())
+    at = f" on line {first_line + i}" if first_line is not None else f" (row {i} of a partition)"
+    raise DataError(
+        f"column {column!r} of {where} holds {float(array[i])!r}{at} ({int(bad.sum())} such value(s) "
+        f"there); infinite numbers and numbers beyond +-3.4e38 (float32, what XGBoost "
+        "stores) cannot be features or labels. Replace them with an empty field (a missing "
+        "value, imputed like any other) or a finite number")
 
 
 def _casts_cleanly(values: Any, dtype: str) -> bool:
@@ -390,6 +564,7 @@ class Piece:
     stop: int | None
     rows: int | None = None  # known for Parquet (from the footer)
     names: tuple[str, ...] | None = None  # CSV: the file's header (later blocks have none)
+    encoding: str = "utf-8"  # CSV: the file's text encoding (Source.encoding)
 
     def describe(self, fmt: str) -> str:
         if fmt == "parquet":
@@ -456,22 +631,24 @@ def csv_pieces(source: Source, blocksize: int,
     for name, size in zip(source.files, sizes):
         names = tuple(headers[name])
         if _compressed(name):  # no random access into a compressed stream
-            pieces.append(Piece(len(pieces), name, 0, None, names=names))
+            pieces.append(Piece(len(pieces), name, 0, None, names=names,
+                                encoding=source.encoding))
             continue
         for start in range(0, max(size, 1), blocksize):
             pieces.append(Piece(len(pieces), name, start, min(start + blocksize, size),
-                                names=names))
+                                names=names, encoding=source.encoding))
     return pieces
 
 
 def csv_dtypes(source: Source, columns: Sequence[str], declared: Mapping[str, str],
-               infer: Sequence[str] = ()) -> dict[str, str]:
+               infer: Sequence[str] = (), nullable: bool = True) -> dict[str, str]:
     """Fixed dtypes for every CSV column read, so that all pieces parse alike.
 
     Columns ``declared`` numeric are read as float64 (a missing value in one block must not
     change the dtype), other declared or undeclared ones as str (a bool is left to pandas);
     the columns in ``infer`` are typed once, from the first 10,000 rows of the first file
-    (boolean, Int64, float64 or str), then fixed.
+    (boolean, Int64, float64 or str; with ``nullable=False`` bool and int64, as pandas
+    itself would type them), then fixed.
 
     Examples
     --------
@@ -493,13 +670,14 @@ def csv_dtypes(source: Source, columns: Sequence[str], declared: Mapping[str, st
     if infer:
         with source.fs.open(source.files[0], "rb", compression="infer") as f:
             sample = pd.read_csv(f, usecols=list(infer), nrows=10_000,
-                                 sep=csv_separator(source.files[0]))
+                                 sep=csv_separator(source.files[0]), encoding=source.encoding,
+                                 encoding_errors="replace")
         for column in infer:
             dtype = sample[column].dtype
             if pd.api.types.is_bool_dtype(dtype):
-                out[column] = "boolean"
+                out[column] = "boolean" if nullable else "bool"
             elif pd.api.types.is_integer_dtype(dtype):
-                out[column] = "Int64"
+                out[column] = "Int64" if nullable else "int64"
             elif pd.api.types.is_float_dtype(dtype):
                 out[column] = "float64"
             else:
@@ -514,7 +692,8 @@ def read_piece(piece: Piece, fmt: str, columns: Sequence[str], *,
 
     Opens the file itself (``storage_options`` as for :func:`find_files`), so it runs in any
     worker task. CSV: the rows that *start* in ``[start, stop)``, the same split as dask's
-    ``read_csv``, parsed with ``dtypes`` (:func:`csv_dtypes`) and ``sep``.
+    ``read_csv``, parsed with ``dtypes`` (:func:`csv_dtypes`) and ``sep`` by
+    :func:`read_csv_piece` (a malformed line is an error).
 
     Examples
     --------
@@ -523,12 +702,13 @@ def read_piece(piece: Piece, fmt: str, columns: Sequence[str], *,
     >>> read_piece(piece, "parquet", ["income", "city"]).shape         # doctest: +SKIP
     (125000, 2)
     """
-    from fsspec.core import url_to_fs
-
-    fs = url_to_fs(piece.file, **dict(storage_options or {}))[0]
     if fmt == "parquet":
+        from fsspec.core import url_to_fs
+
+        fs = url_to_fs(piece.file, **dict(storage_options or {}))[0]
         return _read_parquet_piece(fs, piece, list(columns))
-    return _read_csv_piece(fs, piece, list(columns), dict(dtypes or {}), sep)
+    return read_csv_piece(piece, columns, dtypes=dtypes, sep=sep,
+                          storage_options=storage_options, hints="model")[0]
 
 
 def _read_parquet_piece(fs: Any, piece: Piece, columns: list[str]) -> Any:
@@ -542,23 +722,157 @@ def _read_parquet_piece(fs: Any, piece: Piece, columns: list[str]) -> Any:
     return table.to_pandas()
 
 
-def _read_csv_piece(fs: Any, piece: Piece, columns: list[str], dtypes: dict[str, str],
-                    sep: str) -> Any:
-    import pandas as pd
-    from fsspec.utils import read_block
+def read_csv_piece(piece: Piece, columns: Sequence[str], *,
+                   dtypes: Mapping[str, str] | None = None, sep: str = ",",
+                   storage_options: Mapping[str, Any] | None = None, bad_lines: str = "error",
+                   inferred: Sequence[str] = (), hints: str = "job") -> tuple[Any, int]:
+    """One CSV piece as (pandas DataFrame of ``columns``, malformed lines skipped).
 
+    Every field of a row is parsed (pandas checks the field count only when it reads all
+    columns), in ``piece.encoding``. What cannot be read is a :class:`DataError` naming the
+    file and line: undecodable bytes, a row with more fields than the header (unless
+    ``bad_lines="skip"``: dropped and counted), a value that is not a number in a numeric
+    column (``inferred``: the columns typed from the first rows rather than data.schema),
+    an infinite number or one beyond float32. ``hints``: what the messages suggest, the job's
+    keys (``"job"``: training) or fixing the file (``"model"``: scoring with a model's types).
+    """
+    import warnings
+
+    import pandas as pd
+    from fsspec.core import url_to_fs
+    from fsspec.utils import read_block
+    from pandas.errors import ParserError, ParserWarning
+
+    columns, dtypes = list(columns), dict(dtypes or {})
+    fs = url_to_fs(piece.file, **dict(storage_options or {}))[0]
     with fs.open(piece.file, "rb", compression="infer" if piece.stop is None else None) as f:
         if piece.stop is None:
             data = f.read()
         else:  # the rows that start in [start, stop): the same split as dask's read_csv
             data = read_block(f, piece.start, piece.stop - piece.start, delimiter=b"\n")
     if not data.strip():
-        return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "float64")) for c in columns})
+        return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "float64"))
+                             for c in columns}), 0
     first = piece.start == 0
-    frame = pd.read_csv(io.BytesIO(data), sep=sep, usecols=columns,
-                        dtype=dtypes or None, header=0 if first else None,
-                        names=None if first else list(piece.names or ()))
-    return frame[columns]
+    names = list(piece.names or columns)
+    if first:  # the header: checked against the contract by check_headers
+        data = data[data.index(b"\n") + 1:] if b"\n" in data else b""
+    line = _Lines(fs, piece, first)  # file line of the block's first row, on demand
+    try:
+        data.decode(piece.encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(_not_encoded(piece.file, piece.encoding,
+                                     line.first + data.count(b"\n", 0, exc.start), exc,
+                                     hints)) from None
+    except LookupError:
+        raise DataError(f"unknown text encoding {piece.encoding!r} (data.encoding); use a "
+                        "Python codec name such as utf-8, latin-1 or cp1252") from None
+    parse = {c: dtypes[c] for c in names if c in dtypes}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ParserWarning)
+        try:
+            frame = pd.read_csv(io.BytesIO(data), sep=sep, header=None, names=names,
+                                dtype=parse or None, encoding=piece.encoding,
+                                on_bad_lines="warn" if bad_lines == "skip" else "error")
+        except ParserError as exc:
+            raise DataError(_malformed(piece.file, line, str(exc), hints)) from None
+        except (ValueError, TypeError) as exc:
+            raise DataError(_bad_value(piece, data, names, parse, sep, line, inferred,
+                                       exc, hints)) from None
+    skipped = sum(str(w.message).count("Skipping line") for w in caught
+                  if issubclass(w.category, ParserWarning))
+    frame = frame[columns]
+    if not skipped:  # without skipped lines, row i is on line first + i
+        for column in columns:
+            if _is_float(frame[column].dtype):
+                values = frame[column]
+                if (values.abs() > MAX_ABS).any():
+                    _check_finite(values, column, piece.file, line.first)
+    else:
+        for column in columns:
+            if _is_float(frame[column].dtype):
+                _check_finite(frame[column], column, piece.file, None)
+    return frame, skipped
+
+
+class _Lines:
+    """The file line of a CSV block's first data row, counted only when an error needs it."""
+
+    def __init__(self, fs: Any, piece: Piece, first: bool) -> None:
+        self.fs, self.piece, self.is_first = fs, piece, first
+        self._first: int | None = 2 if first else None
+
+    @property
+    def first(self) -> int:
+        if self._first is None:  # newlines before the block, +1
+            count, done, step = 0, 0, 16 * 2**20
+            with self.fs.open(self.piece.file, "rb") as f:
+                while done < self.piece.start:
+                    chunk = f.read(min(step, self.piece.start - done))
+                    if not chunk:
+                        break
+                    count += chunk.count(b"\n")
+                    done += len(chunk)
+            # read_block starts a block after the first newline at or after ``start``
+            self._first = count + 2
+        return self._first
+
+
+def _not_encoded(file: str, encoding: str, line: int, exc: UnicodeDecodeError,
+                 hints: str = "job") -> str:
+    raw = exc.object[exc.start:exc.end] if isinstance(exc.object, bytes) else b""
+    fix = ("set data.encoding to the file's encoding (e.g. latin-1 or cp1252), or convert "
+           if hints == "job" else "convert ")
+    return (f"{file} is not {encoding} text: line {line} holds the byte(s) {raw!r}, which "
+            f"{encoding} cannot decode; {fix}the file to UTF-8 (iconv -f latin1 -t utf-8)")
+
+
+def _malformed(file: str, line: _Lines, message: str, hints: str = "job") -> str:
+    found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+    if not found:
+        return f"{file} cannot be parsed as CSV near line {line.first}: {message.strip()}"
+    expected, at, saw = (int(g) for g in found.groups())
+    return (f"{file}, line {line.first + at - 1}: {saw} fields where the header has "
+            f"{expected}; fix or remove the row (a separator inside a value needs quotes)"
+            + (", or set data.bad_lines: skip to skip malformed rows (they are counted)"
+               if hints == "job" else ""))
+
+
+def _bad_value(piece: Piece, data: bytes, names: list[str], parse: Mapping[str, str],
+               sep: str, line: _Lines, inferred: Sequence[str], exc: Exception,
+               hints: str = "job") -> str:
+    """Why a block's typed parse failed: re-read it as text and name the first bad value."""
+    import pandas as pd
+
+    text = pd.read_csv(io.BytesIO(data), sep=sep, header=None, names=names, dtype=str,
+                       encoding=piece.encoding, on_bad_lines="skip", keep_default_na=True)
+    for column, kind in parse.items():
+        values = text[column]
+        present = values.notna()
+        if kind.lower().startswith(("int", "uint", "float")):
+            numbers = pd.to_numeric(values, errors="coerce")
+            bad = present & numbers.isna()
+            if kind.lower().startswith(("int", "uint")):
+                bad = bad | ~present | (present & numbers.notna() & (numbers % 1 != 0))
+        elif kind in ("bool", "boolean"):
+            bad = present & ~values.str.strip().str.lower().isin(
+                ["true", "false", "1", "0", "t", "f", "yes", "no"])
+        else:
+            continue
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            found = "an empty field" if not present.iloc[i] else repr(values.iloc[i])
+            if hints == "model":
+                origin = "the model was trained on numbers there; fix the file"
+            elif column in inferred:
+                origin = ("the first 10,000 rows of the first file typed it so; declare the "
+                          "column in data.schema (e.g. str or category) or fix the file")
+            else:
+                origin = ("data.schema declares it so; fix the file, or declare the column "
+                          "as category or str")
+            return (f"column {column!r} of {piece.file} holds {found} on line "
+                    f"{line.first + i}, which is not a {kind} value ({origin})")
+    return (f"{piece.describe('csv')} cannot be read: {type(exc).__name__}: {exc}")
 
 
 def pieces_meta(source: Source, columns: Sequence[str],
@@ -593,6 +907,7 @@ class Summary:
     target_stats: dict[str, float] | None  # regression: min, max, mean, std
     levels: dict[str, dict[str, int]]  # categorical column -> {level: count}
     time_cutoff: Any = None
+    bad_lines: int = 0  # malformed CSV lines skipped (data.bad_lines: skip)
 
     def to_json(self, top: int = 20) -> dict[str, Any]:
         """JSON-able, with each categorical column's level count and its ``top`` levels only
@@ -751,6 +1066,8 @@ class Training:
     feature_columns: list[str]  # model inputs (and window context)
     summary: Summary | None = None
     duplicates: int = 0  # exact duplicate rows removed (preprocess.dedupe)
+    #: malformed CSV lines skipped (data.bad_lines: skip): lazy after plan_training
+    bad_lines: Any = 0
 
 
 def plan_training(job: JobSpec) -> Training:
@@ -765,17 +1082,18 @@ def plan_training(job: JobSpec) -> Training:
     4
     """
     data, context = job.data, job.window_columns
-    source = find_files(data.train, job.storage_options, data.format)
+    source = find_files(data.train, job.storage_options, data.format, data.encoding)
     required = [data.target, *data.id_columns, *([data.split.by] if data.split.by else []),
                 *job.evaluate.slices, *context]
     columns = check_headers(read_headers(source), schema=data.schema_, required=required)
     check_csv_sample(source, data.schema_)
-    frame = read(source, columns, schema=data.schema_,
-                 drop=[c for c in data.drop if c not in context],
-                 storage_options=job.storage_options, blocksize=data.blocksize)
+    frame, bad_lines = read_counted(source, columns, schema=data.schema_,
+                                    drop=[c for c in data.drop if c not in context],
+                                    storage_options=job.storage_options,
+                                    blocksize=data.blocksize, bad_lines=data.bad_lines)
     feature_columns = [c for c in frame.columns
                        if c not in {data.target, *data.id_columns, *data.drop} or c in context]
-    return Training(source, frame, list(columns), feature_columns)
+    return Training(source, frame, list(columns), feature_columns, bad_lines=bad_lines)
 
 
 def load_training(job: JobSpec, planned: Training) -> Training:
@@ -785,6 +1103,7 @@ def load_training(job: JobSpec, planned: Training) -> Training:
     Rows sharing a window-feature key end up in one partition (window features see each key's
     whole history). The summary validates the target (:func:`summarize`).
     """
+    import dask
     from distributed import wait
 
     data, frame = job.data, planned.frame
@@ -792,13 +1111,17 @@ def load_training(job: JobSpec, planned: Training) -> Training:
     if window_keys:
         frame = frame.shuffle(on=next(iter(window_keys)))
     # the collection's own persist: client.persist(frame) can leave keys that a later
-    # compute reports as "lost dependencies" (seen with CSV sources)
+    # compute reports as "lost dependencies" (seen with CSV sources; so was persisting the
+    # skipped-line count together with the frame)
     frame = frame.persist()
     wait(frame)
+    # data.bad_lines: error raises while reading; skip counts in a pass of its own
+    bad_lines = int(dask.compute(planned.bad_lines)[0]) if data.bad_lines == "skip" else 0
+    if bad_lines:
+        logger.warning("skipped %s malformed line(s) of %s (more fields than the header; "
+                       "data.bad_lines: skip)", f"{bad_lines:,}", data.train)
     duplicates = 0
     if job.preprocess.dedupe:
-        import dask
-
         before = frame.shape[0]
         frame = frame.drop_duplicates().persist()
         wait(frame)
@@ -807,5 +1130,6 @@ def load_training(job: JobSpec, planned: Training) -> Training:
     summary = summarize(frame, target=data.target, task=data.task, source=data.train,
                         positive=data.positive, time_column=data.split.by,
                         holdout=data.split.holdout, exclude_levels=data.id_columns)
+    summary.bad_lines = bad_lines
     return Training(planned.source, frame, planned.columns, planned.feature_columns, summary,
-                    duplicates)
+                    duplicates, bad_lines)

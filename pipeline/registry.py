@@ -170,13 +170,18 @@ def promote(root: str, name: str, run_id: str, *, expected_run: Any = _READ,
     ...                                                                 # doctest: +SKIP
     """
     fs, path = artifacts.filesystem(_models_dir(root, name), storage_options)
+    current = _current(fs, path)
+    current_run = current["run_id"] if current else None
     if expected_run is _READ:
-        current = _current(fs, path)
-        expected_run = current["run_id"] if current else None
+        expected_run = current_run
+    elif expected_run != current_run:  # --expect names the version that must be current
+        raise ConflictError(f"model {name!r} is at {current_run}, not {expected_run} (the "
+                            f"expected current version); nothing was changed: look (mlpipe "
+                            "models show) and retry")
     bundle = _verified_run(root, name, run_id, storage_options)
-    if expected_run == run_id:
+    if current_run == run_id:
         logger.info("%s is already the current version of %r", run_id, name)
-        return _current(fs, path) or {}
+        return current or {}
     _register(fs, path, name, bundle)
     doc = artifacts.set_current(root, name, run_id, manifest_sha256=bundle.manifest["_sha256"],
                                 storage_options=storage_options, expected_run=expected_run,
@@ -255,6 +260,7 @@ def _register(fs: Any, path: str, name: str, bundle: Any) -> None:
                                create_once=True)
     except FileExistsError:
         pass  # registered before (records are create-once, never rewritten)
+    # (an equal record written by this call's lost-response retry is no FileExistsError)
 
 
 def register(root: str, name: str, run_id: str, *,

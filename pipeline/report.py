@@ -279,6 +279,8 @@ def _seconds(value: Any) -> str:
         return "n/a"
     if x >= 120:
         return f"{int(x // 60)} min {x % 60:04.1f} s"
+    if x < 0.0005:
+        return "< 1 ms"
     return f"{x:.1f} s" if x >= 1 else f"{x * 1000:.0f} ms"
 
 
@@ -340,6 +342,9 @@ def _context(docs: Mapping[str, Any]) -> dict[str, Any]:
         "holdout": _holdout_table(holdout, _train_values(metrics), task),
         "overfit": _overfit(metrics.get("overfit")),
         "slices": _slices(holdout, primary, task),
+        "importance": _importance_kind(
+            manifest.get("family") or _get(metrics, "model", "family") or "",
+            _get(job, "preprocess", "scale", default="standard")),
         "notes": _notes(holdout),
         "warnings": list(metrics.get("warnings") or []),
         "sample_rows": int(len(sample)) if sample is not None else 0,
@@ -425,15 +430,73 @@ def _run_facts(job: Mapping[str, Any], metrics: Mapping[str, Any],
             how.append("stratified by class")
         add("split", ", ".join(how))
     timings = metrics.get("timings") or {}
-    total = sum(float(v) for v in timings.values() if _number(v) is not None)
+    rows = _timings(timings, metrics.get("leaderboard") or [])
+    total = sum(r["seconds"] for r in rows)
+    for row in rows:
+        row["share"] = row["seconds"] / total if total else 0.0
     versions = manifest.get("versions") or {}
     return {
         "facts": facts,
-        "timings": [{"stage": k, "seconds": v, "share": (float(v) / total if total else 0.0)}
-                    for k, v in timings.items() if _number(v) is not None],
+        "timings": rows,
         "total_seconds": total if timings else None,
         "versions": sorted(((k, v) for k, v in versions.items() if v), key=lambda kv: kv[0]),
     }
+
+
+#: what the workflow's stage names (pipeline.workflow.Stopwatch) cover, for the timings table.
+_STAGES = {
+    "plan": ("plan", "list the input files, read their headers and a sample, check the job"),
+    "load": ("load", "read and validate every partition, the data summary"),
+    "preprocess": ("split and preprocess", "the train / validation / holdout split and the "
+                                           "shared preprocessing fitted on the training rows"),
+    # the chosen family's operating point and the leaderboard; each family's evaluation is
+    # timed with its refit ("train:<family>"), so this stage is short
+    "evaluate": ("choose the winner", "the selection rule, the operating point "
+                                      "(evaluate.min_precision / min_recall) and the leaderboard"),
+    "choose": ("choose the winner", "the selection rule, the operating point "
+                                    "(evaluate.min_precision / min_recall) and the leaderboard"),
+    "gate": ("champion / challenger gate", "the reference profile for drift and the comparison "
+                                           "with the current version"),
+    "bundle": ("write the bundle", "every file of the bundle, the manifest last"),
+}
+
+
+def _timings(timings: Mapping[str, Any], board: Sequence[Mapping[str, Any]]
+             ) -> list[dict[str, Any]]:
+    """The stage timings as table rows (label, seconds, what the stage covers).
+
+    A family's stage (``train:<family>``) is its refit *and* its evaluation on the holdout
+    and training rows: it is split into the two with the refit's own time from the
+    leaderboard, so the evaluation's cost is not hidden inside "train" while a near-empty
+    stage reads "evaluate 0 ms". A stage kept by an earlier, interrupted run (shorter than the
+    refit it stands for) is shown whole.
+    """
+    fit = {str(r.get("family")): _number(r.get("fit_seconds")) for r in board}
+    rows: list[dict[str, Any]] = []
+    for stage, value in timings.items():
+        seconds = _number(value)
+        if seconds is None:
+            continue
+        kind, _, family = str(stage).partition(":")
+        if kind == "train" and family:
+            refit = fit.get(family)
+            if refit is not None and 0 <= refit <= seconds:
+                rows.append({"stage": f"{family}: refit", "seconds": refit,
+                             "title": f"{family} refitted on the training rows"})
+                rows.append({"stage": f"{family}: evaluate", "seconds": seconds - refit,
+                             "title": "metrics on the holdout and training rows, the "
+                                      "predictor, and keeping the stage for a resumed run"})
+            else:
+                rows.append({"stage": f"{family}: refit and evaluate", "seconds": seconds,
+                             "title": "refit and evaluation (or both kept by an earlier run "
+                                      "of this job on this data)"})
+        elif kind == "search" and family:
+            rows.append({"stage": f"{family}: search", "seconds": seconds,
+                         "title": "candidates x folds on the search sample"})
+        else:
+            label, title = _STAGES.get(str(stage), (str(stage), ""))
+            rows.append({"stage": label, "seconds": seconds, "title": title})
+    return rows
 
 
 def _performance_link(value: Any) -> dict[str, Any] | None:
@@ -536,7 +599,7 @@ def _leaderboard(rows: Any, task: str) -> dict[str, Any] | None:
     metric_names.sort(key=lambda m: (order.index(m) if m in order else len(order), m))
     cv_metrics = {row.get("metric") for row in rows if row.get("metric")}
     out = []
-    for rank, row in enumerate(rows, 1):
+    for rank, row in enumerate(_best_first(rows), 1):
         holdout = row.get("holdout") or {}
         out.append({
             "rank": rank, "family": row.get("family", ""), "chosen": bool(row.get("chosen")),
@@ -551,10 +614,38 @@ def _leaderboard(rows: Any, task: str) -> dict[str, Any] | None:
             "params": ", ".join(f"{k}={_plain(v)}" for k, v in (row.get("params") or {}).items()),
             "warnings": list(row.get("warnings") or []),
         })
-    return {"rows": out, "metrics": metric_names,
-            "cv_metric": next(iter(cv_metrics)) if len(cv_metrics) == 1 else None,
+    cv_metric = next(iter(cv_metrics)) if len(cv_metrics) == 1 else None
+    return {"rows": out, "metrics": metric_names, "cv_metric": cv_metric,
+            "order": _order_text(cv_metric),
             "trainings": [(k, v) for k, v in _TRAINING.items()
                           if any(r["training"] == k for r in out)]}
+
+
+def _best_first(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The leaderboard's rows, best first by the primary metric in its direction: the CV mean
+    (what chose the winner), then, for rows without one, the holdout value; ties keep the
+    documents' order."""
+    from pipeline.models import GREATER_IS_BETTER
+
+    def key(row: Mapping[str, Any]) -> tuple[int, float]:
+        metric = str(row.get("metric") or "")
+        sign = -1.0 if GREATER_IS_BETTER.get(metric, True) else 1.0
+        cv = _number(row.get("cv_mean"))
+        if cv is not None:
+            return 0, sign * cv
+        holdout = _number((row.get("holdout") or {}).get(metric))
+        return (1, sign * holdout) if holdout is not None else (2, 0.0)
+
+    return sorted(rows, key=key)
+
+
+def _order_text(metric: str | None) -> str:
+    from pipeline.models import GREATER_IS_BETTER
+
+    if not metric:
+        return "best first by each row's CV score"
+    direction = "higher" if GREATER_IS_BETTER.get(metric, True) else "lower"
+    return f"best first: sorted by the CV {_label(metric)} ({direction} is better)"
 
 
 def _model(job: Mapping[str, Any], metrics: Mapping[str, Any],
@@ -588,6 +679,41 @@ def _model(job: Mapping[str, Any], metrics: Mapping[str, Any],
     if metrics.get("threshold") is not None and metrics.get("task") == "binary":
         facts.append(("decision threshold", _num(metrics["threshold"])))
     return {"facts": facts, "params": list((model.get("params") or {}).items())}
+
+
+def _importance_kind(family: str, scale: Any) -> dict[str, str]:
+    """What ``metrics.model.importance`` measures for this family's model
+    (:func:`pipeline.bundle.importance`): XGBoost's total gain, a scikit-learn tree's
+    impurity decrease, or a linear model's |coefficient| on its scaled inputs; the figure's
+    title, axis and caption say which."""
+    from pipeline.models import FAMILIES
+
+    paths = FAMILIES.get(family, {}).get("estimator", {}).values()
+    if any(str(p).startswith("xgboost.") for p in paths):
+        return {"kind": "gain", "title": "total gain over all trees",
+                "axis": "share of total gain (%)",
+                "caption": "Total gain: the loss reduction from every split on the input, over "
+                           "all trees. It ranks what the model uses, not what causes the "
+                           "target; correlated inputs share credit."}
+    if any(str(p).startswith("sklearn.tree.") for p in paths):
+        return {"kind": "impurity", "title": "impurity decrease over the tree's splits",
+                "axis": "share of total impurity decrease (%)",
+                "caption": "Mean decrease in impurity: how much the splits on the input reduce "
+                           "the tree's impurity, weighted by the rows they split. It ranks what "
+                           "the tree uses, not what causes the target."}
+    if any(str(p).startswith("sklearn.linear_model.") for p in paths):
+        scaled = {"standard": "standardised", "minmax": "min-max scaled",
+                  "robust": "robust-scaled"}.get(str(scale), "scaled")
+        return {"kind": "coefficient",
+                "title": f"|coefficient| on the {scaled} inputs",
+                "axis": "share of the sum of |coefficients| (%)",
+                "caption": f"The absolute coefficient of each input of the linear model, on "
+                           f"the {scaled} inputs (summed over classes where there are several): "
+                           "how strongly a change of the input moves the model's score. Signs "
+                           "are not shown; encoded categories appear as their encoded "
+                           "columns; correlated inputs share or swap weight."}
+    return {"kind": "", "title": "importance", "axis": "share of the total (%)",
+            "caption": "Feature importance as recorded in metrics.json."}
 
 
 def _family_training(family: str) -> str | None:
@@ -1087,9 +1213,9 @@ class _Figures:
         ax.grid(axis="y", visible=False)
         ax.set_xlim(0, max(shares) * 1.15 or 1.0)
         more = f", top {len(top)} of {len(values)}" if len(values) > len(top) else ""
-        ax.set(xlabel="share of total gain (%)",
-               title=f"Feature importance (total gain{more})")
-        return self._svg(fig, "feature importance, share of total gain")
+        kind = self.ctx["importance"]
+        ax.set(xlabel=kind["axis"], title=f"Feature importance\n({kind['title']}{more})")
+        return self._svg(fig, f"feature importance, {kind['axis']}")
 
     def learning_curves(self) -> list[dict[str, Any]]:
         import numpy as np
@@ -1134,6 +1260,9 @@ class _Figures:
         return out
 
     def slice_bars(self, block: Mapping[str, Any]) -> Any:
+        """The slice metric per level as dots against the all-rows value, on an axis fitted
+        to the values (a 0-1 axis would hide differences of a few points): dots, not bars,
+        since a bar's length would mean nothing on an axis that does not start at 0."""
         metric = block["metric"]
         if not metric:
             return None
@@ -1142,23 +1271,30 @@ class _Figures:
         rows = [r for r in rows if r[1] is not None]
         if not rows:
             return None
-        fig = self._figure(5.0, 1.2 + 0.26 * len(rows))
+        fig = self._figure(5.6, 1.3 + 0.28 * len(rows))
         ax = fig.add_subplot()
         labels = [f"{lev} (n={n:,})" if isinstance(n, int) else lev for lev, _, n in rows]
         values = [v for _, v, _ in rows]
         y = list(range(len(rows)))[::-1]
-        bars = ax.barh(y, values, color=_BLUE, alpha=0.8, height=0.65)
-        ax.set_yticks(y, labels)
-        ax.bar_label(bars, labels=[_compact(v) for v in values], label_type="center",
-                     fontsize=7, color="white")
         overall = _number(block["overall"])
+        lo, hi = _value_range([*values, *([overall] if overall is not None else [])])
         if overall is not None:
             ax.axvline(overall, color=_RED, lw=1.0, ls="--",
                        label=f"all holdout rows: {_compact(overall)}")
-            _legend(fig, loc="outside lower center")
+            ax.hlines(y, [overall] * len(y), values, color=_BLUE, lw=1.2, alpha=0.5)
+        ax.plot(values, y, "o", color=_BLUE, ms=6)
+        for yi, v in zip(y, values):
+            ax.annotate(_compact(v), (v, yi), xytext=(0, 6), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=7)
+        ax.set_yticks(y, labels)
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_xlim(lo, hi)
         ax.grid(axis="y", visible=False)
         _compact_axis(ax, "x", values)
-        ax.set(xlabel=_label(metric), title=f"{_label(metric)} by {block['column']}")
+        ax.set(xlabel=f"{_label(metric)} (holdout; the axis spans the values, not 0 to 1)"
+               if _bounded(metric) else f"{_label(metric)} (holdout)",
+               title=f"{_label(metric)} by {block['column']}")
+        _legend(fig, loc="outside lower center")
         return self._svg(fig, f"{_label(metric)} per level of {block['column']}")
 
 
@@ -1167,6 +1303,21 @@ def _legend(owner: Any, **kwargs: Any) -> None:
     axes = owner.axes if hasattr(owner, "get_axes") else [owner]
     if any(ax.get_legend_handles_labels()[0] for ax in axes):
         owner.legend(**kwargs)
+
+
+def _value_range(values: Sequence[float]) -> tuple[float, float]:
+    """An axis range around ``values`` with room for labels: 15 % of their spread on each
+    side (at least a small step, so equal values still get an axis)."""
+    lo, hi = min(values), max(values)
+    pad = max(0.15 * (hi - lo), 0.01 * max(abs(lo), abs(hi)), 1e-3)
+    return lo - pad, hi + pad
+
+
+def _bounded(metric: str) -> bool:
+    """Metrics whose natural range is 0 to 1 (the reader would expect that axis)."""
+    from pipeline.models import GREATER_IS_BETTER
+
+    return bool(GREATER_IS_BETTER.get(metric)) and metric != "r2" or metric == "brier"
 
 
 def _compact(value: Any) -> str:

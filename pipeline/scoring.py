@@ -336,6 +336,8 @@ def _read_piece(piece: Piece, plan: Mapping[str, Any]) -> Any:
     try:
         frame = read_piece(piece, plan["format"], plan["columns"], dtypes=plan["csv_dtypes"],
                            sep=plan["csv_sep"], storage_options=plan["storage_options"])
+    except DataError:
+        raise  # names its file, column and line already
     except Exception as exc:
         raise ScoreError(f"cannot read {piece.describe(plan['format'])}: "
                          f"{type(exc).__name__}: {exc}") from exc
@@ -539,6 +541,8 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
     from pipeline import artifacts
 
     client = client or get_client()
+    artifacts.check_writable(output_url, storage_options)  # before any compute
+    storage = artifacts.StorageTally.begin("scoring job", client)
     started = time.perf_counter()
     started_at = artifacts.utcnow()
     bundle = artifacts.open_bundle(model_url, storage_options)
@@ -574,6 +578,7 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
     manifest["drift"] = {"file": DRIFT, "sha256": artifacts.sha256(drift_payload),
                          "drift": drift.get("drift"), "drifted": drift.get("drifted", []),
                          "outputs_drifted": drift.get("outputs_drifted", [])}
+    manifest["storage"] = storage.counts()  # S3 requests and retried attempts so far
     payload = json.dumps(manifest, indent=2, sort_keys=True).encode()
     artifacts.atomic_write(fs, artifacts.join(out, MANIFEST), payload)
     artifacts.atomic_write(fs, artifacts.join(out, SUCCESS), json.dumps(
@@ -588,6 +593,7 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
                 "%s part(s) kept from before", seconds, f"{result.rows_out:,}", result.parts,
                 output_url, f"{result.rows_scored:,}", f"{result.rows_per_second:,.0f}",
                 result.skipped)
+    logger.info(storage.summary())
     return result
 
 

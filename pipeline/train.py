@@ -161,16 +161,21 @@ def fit_xgboost(X_train: Any, y_train: Any, X_valid: Any, y_valid: Any, *,
     history: dict[str, dict[str, list[float]]] = {}
     attempts: list[dict[str, Any]] = []
     for attempt in range(retries + 1):
-        resume = _read_checkpoint(checkpoint)
-        done = resume.num_boosted_rounds() if resume is not None else 0
-        history = {n: {m: v[:done] for m, v in c.items()} for n, c in history.items()}
+        resume, saved = _read_checkpoint(checkpoint)
+        done = _rounds(resume)
+        # the scores of the rounds before the resume: carried by the checkpoint (a rerun in
+        # another process, or a retry here), so early stopping and the learning curve go on
+        # exactly as an uninterrupted training would have
+        history = {n: {m: list(v[:done]) for m, v in c.items()}
+                   for n, c in (saved or history).items()} if done else {}
         workers = set(client.scheduler_info(n_workers=-1)["workers"])
         try:
             output = _train_once(client, booster_params, X_train, y_train, X_valid, y_valid,
                                  rounds=n_rounds - done, resume=resume,
                                  stopping=_early_stopping(early_stopping_rounds, task,
-                                                          min_delta),
-                                 checkpoint=checkpoint, every=checkpoint_every)
+                                                          min_delta, history),
+                                 checkpoint=checkpoint, every=checkpoint_every,
+                                 prior=history)
             attempts.append({"attempt": attempt + 1, "resumed_from": done, "ok": True})
             break
         except Exception as exc:
@@ -187,7 +192,7 @@ def fit_xgboost(X_train: Any, y_train: Any, X_valid: Any, y_valid: Any, *,
                     "workers or memory, or raise train.retries") from exc
             logger.warning("%s training lost worker(s) %s at attempt %d: retrying from round "
                            "%d", family, lost or "(unknown)", attempt + 1,
-                           _rounds(_read_checkpoint(checkpoint)))
+                           _rounds(_read_checkpoint(checkpoint)[0]))
             _wait_for_workers(client, max(1, len(workers)))
     booster = output["booster"]
     for name, curves in output["history"].items():
@@ -302,50 +307,68 @@ def _boost_rows(X: Any, y: np.ndarray, train: np.ndarray | None, test: np.ndarra
     return {"train": log["train"][metric], "test": log["test"][metric]}
 
 
-def _early_stopping(rounds: int | None, task: str, min_delta: float) -> Any:
-    """XGBoost's early stopping on the validation rows' loss, or None."""
+def _early_stopping(rounds: int | None, task: str, min_delta: float,
+                    prior: Mapping[str, Mapping[str, list[float]]] | None = None) -> Any:
+    """XGBoost's early stopping on the validation rows' loss, or None; continued from the
+    ``prior`` scores of the rounds before a resume (:class:`~pipeline.checkpoint.ResumedStopping`)."""
     if not rounds:
         return None
-    from xgboost.callback import EarlyStopping
+    from pipeline.checkpoint import ResumedStopping
 
-    return EarlyStopping(rounds=rounds, metric_name=eval_metrics(task)[-1], data_name="valid",
-                         maximize=False, min_delta=min_delta, save_best=False)
+    metric = eval_metrics(task)[-1]
+    return ResumedStopping(rounds=rounds, metric_name=metric, data_name="valid",
+                           maximize=False, min_delta=min_delta, save_best=False,
+                           prior=list((prior or {}).get("valid", {}).get(metric, [])))
 
 
 def _train_once(client: Any, params: Mapping[str, Any], X_train: Any, y_train: Any,
                 X_valid: Any, y_valid: Any, *, rounds: int, resume: Any,
                 stopping: Any, checkpoint: tuple[Any, str] | None,
-                every: int) -> dict[str, Any]:
+                every: int, prior: Mapping[str, Any] | None = None) -> dict[str, Any]:
     # xgboost.dask waits on its futures with distributed.wait, which uses the *default*
     # client: with another Client alive in this process (a notebook, a test session) that
     # deadlocks, so the given client is made the current one for the whole step
     with client.as_current():
         return _train_on(client, params, X_train, y_train, X_valid, y_valid, rounds=rounds,
-                         resume=resume, stopping=stopping, checkpoint=checkpoint, every=every)
+                         resume=resume, stopping=stopping, checkpoint=checkpoint, every=every,
+                         prior=prior)
+
+
+#: the training metric of the learning curve comes from at most this many training rows (a
+#: fixed, evenly spaced sample): evaluating every training row each round cost 0.6-0.7x of
+#: the fit itself at 4M rows (issue #18); 50,000 rows give the curve to about +-0.003 AUC.
+CURVE_ROWS = 50_000
 
 
 def _train_on(client: Any, params: Mapping[str, Any], X_train: Any, y_train: Any,
               X_valid: Any, y_valid: Any, *, rounds: int, resume: Any,
               stopping: Any, checkpoint: tuple[Any, str] | None,
-              every: int) -> dict[str, Any]:
+              every: int, prior: Mapping[str, Any] | None = None) -> dict[str, Any]:
     from xgboost import dask as dxgb
 
-    X_train, y_train, X_valid, y_valid = _colocate(client, X_train, y_train, X_valid, y_valid)
-    dtrain = dxgb.DaskQuantileDMatrix(client, X_train, y_train, enable_categorical=True)
-    evals = [(dtrain, "train")]
-    if X_valid is not None:
-        dvalid = dxgb.DaskQuantileDMatrix(client, X_valid, y_valid, ref=dtrain,
-                                          enable_categorical=True)
-        evals.append((dvalid, "valid"))
     from pipeline.checkpoint import PROGRESS_TOPIC, RoundProgress, StoreCheckpoint
+
+    placed = place_training(client, X_train, y_train, X_valid, y_valid)
+    dtrain = dxgb.DaskQuantileDMatrix(client, placed.X_train, placed.y_train,
+                                      enable_categorical=True)
+    _check_placement(dtrain, placed.plan)
+    evals = []
+    if placed.X_curve is placed.X_train:
+        evals.append((dtrain, "train"))
+    else:  # the same bins as the training rows (ref=): built from dtrain's quantiles
+        evals.append((dxgb.DaskQuantileDMatrix(client, placed.X_curve, placed.y_curve,
+                                               ref=dtrain, enable_categorical=True), "train"))
+    if placed.X_valid is not None:
+        evals.append((dxgb.DaskQuantileDMatrix(client, placed.X_valid, placed.y_valid,
+                                               ref=dtrain, enable_categorical=True), "valid"))
 
     if rounds <= 0:  # a checkpoint of the whole training: nothing left to do
         return {"booster": resume, "history": {}}
     done = _rounds(resume)
     callbacks = [RoundProgress(done + rounds, start=done)]
     if checkpoint and every:
-        callbacks.append(StoreCheckpoint(checkpoint, every))
-    if stopping is not None and X_valid is not None:
+        callbacks.append(StoreCheckpoint(checkpoint, every, prior=prior))
+    if stopping is not None and placed.X_valid is not None:
         callbacks.append(stopping)
 
     def progress(event: tuple[float, Mapping[str, Any]]) -> None:
@@ -357,33 +380,208 @@ def _train_on(client: Any, params: Mapping[str, Any], X_train: Any, y_train: Any
     client.subscribe_topic(PROGRESS_TOPIC, progress)
     try:
         return dxgb.train(client, dict(params), dtrain, num_boost_round=rounds, evals=evals,
-                          verbose_eval=False, xgb_model=resume, callbacks=callbacks)
+                          verbose_eval=False, xgb_model=resume, callbacks=callbacks,
+                          coll_cfg=collective_config(client))
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)
 
 
-def _colocate(client: Any, X_train: Any, y_train: Any, X_valid: Any,
-              y_valid: Any) -> tuple[Any, Any, Any, Any]:
-    """The validation rows on the workers that hold training rows.
+def collective_config(client: Any) -> Any:
+    """XGBoost's collective configuration for training on ``client``'s cluster.
 
-    xgboost.dask trains on every worker that holds a partition of any of its matrices. A
-    worker with validation rows but no training rows fails with categorical features ("A
-    worker cannot have empty input when a dataframe with categorical features is used") and
-    idles otherwise; it happens whenever the training set has fewer partitions than the
-    cluster has workers (a small CSV is one partition).
+    Without an address, xgboost.dask starts its tracker (the process every training worker
+    first connects to) on the address it guesses for this host: the machine's network
+    address, reachable from the whole network, although the scheduler and the workers of a
+    local cluster listen on 127.0.0.1 only (issue #17). When the scheduler and every worker
+    are on loopback addresses, all of them are on this machine, so the tracker is bound to
+    127.0.0.1. On any other cluster (a user's remote scheduler), xgboost.dask's own choice is
+    kept (``None``): the tracker must be reachable from remote workers.
+
+    XGBoost 3.2's workers still bind their ring and error-notice listeners to every
+    interface (``RabitComm::Bootstrap`` calls ``TCPSocket::BindHost``, INADDR_ANY, with no
+    option; dmlc/xgboost#11551): one listener per worker, for the duration of the
+    training only. mlpipe cannot change that from Python.
+
+    Examples
+    --------
+    >>> collective_config(client).tracker_host_ip          # doctest: +SKIP
+    '127.0.0.1'
     """
-    from distributed import futures_of, wait
+    from xgboost.collective import Config
 
-    same = X_valid is not None and X_valid._name == X_train._name  # evaluated on its own rows
-    X_train, y_train = client.persist([X_train, y_train])
-    wait([X_train, y_train])
-    if X_valid is None or same:
-        return X_train, y_train, (X_train if same else X_valid), (y_train if same else y_valid)
-    holders = sorted({w for ws in client.who_has(futures_of(X_train)).values() for w in ws})
-    X_valid, y_valid = client.persist([X_valid, y_valid], workers=holders,
-                                      allow_other_workers=False)
-    wait([X_valid, y_valid])
-    return X_train, y_train, X_valid, y_valid
+    info = client.scheduler_info(n_workers=-1)
+    addresses = [info.get("address") or client.scheduler.address, *info.get("workers", {})]
+    if addresses and all(_is_local(a) for a in addresses):
+        return Config(tracker_host_ip="127.0.0.1")
+    return None
+
+
+def _is_local(address: str) -> bool:
+    import ipaddress
+
+    from distributed.comm import get_address_host, parse_address
+
+    scheme, _ = parse_address(address)
+    if scheme == "inproc":  # a threaded cluster in this very process
+        return True
+    host = get_address_host(address).strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Placement:
+    """The training, learning-curve and validation rows pinned to workers for xgboost.dask.
+
+    ``plan``: the worker of each training partition, in partition order (empty partitions
+    left out); the frames are the same rows, each partition a future on its worker.
+    """
+
+    X_train: Any
+    y_train: Any
+    X_curve: Any
+    y_curve: Any
+    X_valid: Any
+    y_valid: Any
+    plan: list[str]
+
+
+def place_training(client: Any, X_train: Any, y_train: Any, X_valid: Any,
+                   y_valid: Any) -> Placement:
+    """Pin every partition to a worker chosen by its position, so the same data trains the
+    same model (issue #17).
+
+    xgboost.dask trains each worker on the partitions it happens to hold, concatenated, and
+    allreduces the workers' histograms in rank order. Where Dask put each partition depends
+    on timing (which worker was free, work stealing), so the rows each rank saw, and with
+    them the quantile sketch, the floating-point sums and the sampled rows, changed from run
+    to run: 7 identical runs gave 4 different models. Here the non-empty training partitions
+    are cut into contiguous runs of about equal rows, one run per worker in xgboost.dask's
+    rank order (it ranks workers by name, then address), and each is moved there (a copy
+    only for the partitions that were elsewhere). The validation rows go the same way over
+    the workers that hold training rows (a worker with validation rows but no training rows
+    fails with categorical features, and idles otherwise), and the learning curve's sample
+    of training rows (:data:`CURVE_ROWS`) is taken on each partition where it lies.
+
+    The placement depends only on the data, the partitioning and the workers' names: the
+    same job on a cluster of the same shape (a LocalCluster names its workers 0, 1, ...)
+    gives the same model bytes.
+    """
+    workers = ranked_workers(client)
+    X_train, y_train, plan, rows = _pin(client, X_train, y_train, workers)
+    used = [w for w in workers if w in set(plan)] or workers
+    if X_valid is None:
+        X_val = y_val = None
+    elif getattr(X_valid, "_name", None) == getattr(X_train, "_name", object()):
+        X_val, y_val = X_train, y_train  # evaluated on its own rows
+    else:
+        X_val, y_val, _, _ = _pin(client, X_valid, y_valid, used)
+    X_curve, y_curve = _curve_sample(client, X_train, y_train, rows)
+    return Placement(X_train, y_train, X_curve, y_curve, X_val, y_val, plan)
+
+
+def ranked_workers(client: Any) -> list[str]:
+    """The cluster's workers in xgboost.dask's rank order.
+
+    xgboost.dask gives each training worker the task id ``[xgboost.dask-NAME]:ADDRESS`` and
+    its tracker ranks them sorted by it (``sortby="task"``).
+    """
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    return sorted(info, key=lambda a: f"[xgboost.dask-{info[a].get('name', a)}]:{a}")
+
+
+def _pin(client: Any, X: Any, y: Any,
+         workers: list[str]) -> tuple[Any, Any, list[str], int]:
+    """``X``, ``y`` with partition i (of the non-empty ones) on the worker of its row run;
+    the plan (a worker per partition) and the number of rows."""
+    import dask.dataframe as dd
+    from distributed import wait
+
+    X, y = client.persist([X, y])
+    wait([X, y])
+    x_parts, y_parts = _futures(X), _futures(y)
+    if len(x_parts) != len(y_parts):
+        raise ValueError(f"training features and target have different partitions "
+                         f"({len(x_parts)} vs {len(y_parts)}): build both from one persisted "
+                         "frame")
+    lengths = client.gather(client.map(len, x_parts, pure=False))
+    keep = [i for i, n in enumerate(lengths) if n] or [0]
+    owners = _runs([lengths[i] for i in keep], len(workers))
+    plan = [workers[o] for o in owners]
+
+    def pin(parts: list[Any]) -> list[Any]:
+        return [client.submit(_same, parts[i], workers=[w], allow_other_workers=False,
+                              pure=False) for i, w in zip(keep, plan, strict=True)]
+
+    xs, ys = pin(x_parts), pin(y_parts)
+    wait(xs + ys)
+    X = dd.from_delayed(xs, meta=X._meta, verify_meta=False)
+    y = dd.from_delayed(ys, meta=y._meta, verify_meta=False)
+    return X, y, plan, sum(lengths)
+
+
+def _futures(frame: Any) -> list[Any]:
+    """A persisted collection's futures, in partition order (keys are ``(name, index)``)."""
+    from distributed import futures_of
+
+    parts = futures_of(frame)
+    if len({f.key[0] for f in parts}) != 1 or len(parts) != frame.npartitions:
+        raise ValueError(f"expected one future per partition of a persisted frame, got keys "
+                         f"{sorted({str(f.key[0]) for f in parts})[:3]}")
+    return sorted(parts, key=lambda f: f.key[1])
+
+
+def _runs(lengths: list[int], n_workers: int) -> list[int]:
+    """The worker index of each partition: contiguous runs of about ``total / n_workers``
+    rows (each partition goes to the run its middle row falls in).
+
+    >>> _runs([10, 10, 10, 10], 2), _runs([10, 10, 10], 2), _runs([5], 3)
+    ([0, 0, 1, 1], [0, 1, 1], [1])
+    """
+    total = sum(lengths) or 1
+    out, start = [], 0
+    for n in lengths:
+        out.append(min(n_workers - 1, int(n_workers * (start + n / 2) / total)))
+        start += n
+    return out
+
+
+def _same(part: Any) -> Any:
+    return part
+
+
+def _every(part: Any, step: int) -> Any:
+    return part.iloc[::step]
+
+
+def _curve_sample(client: Any, X: Any, y: Any, rows: int) -> tuple[Any, Any]:
+    """At most about :data:`CURVE_ROWS` evenly spaced training rows, each partition's on its
+    worker (a task reads only its own partition, so it runs where that lies)."""
+    from distributed import wait
+
+    if rows <= CURVE_ROWS:
+        return X, y
+    step = -(-rows // CURVE_ROWS)
+    Xs = X.map_partitions(_every, step, meta=X._meta)
+    ys = y.map_partitions(_every, step, meta=y._meta)
+    Xs, ys = client.persist([Xs, ys])
+    wait([Xs, ys])
+    return Xs, ys
+
+
+def _check_placement(dtrain: Any, plan: list[str]) -> None:
+    """Warn when xgboost.dask's matrix does not sit where :func:`place_training` put it
+    (then this model may not be reproducible)."""
+    from collections import Counter
+
+    held = {w: len(parts) for w, parts in dtrain.worker_map.items()}
+    if held != dict(Counter(plan)):
+        logger.warning("xgboost.dask holds the training partitions on %s, not as placed (%s): "
+                       "this model may differ from another run's", held, dict(Counter(plan)))
 
 
 def _looks_like_lost_worker(exc: BaseException) -> bool:
@@ -402,19 +600,18 @@ def _wait_for_workers(client: Any, n: int, timeout: float = 120.0) -> None:
         client.wait_for_workers(1, timeout=timeout)  # carry on with fewer, or fail clearly
 
 
-def _read_checkpoint(target: tuple[Any, str] | None) -> Any:
+def _read_checkpoint(target: tuple[Any, str] | None) -> tuple[Any, dict[str, Any]]:
+    """The checkpointed booster and the evaluation history it carries, or ``(None, {})``."""
     if target is None:
-        return None
-    import xgboost
+        return None, {}
+    from pipeline.checkpoint import split_checkpoint
 
     fs, path = target
     try:
         raw = fs.cat_file(path)
     except FileNotFoundError:
-        return None
-    booster = xgboost.Booster()
-    booster.load_model(bytearray(raw))
-    return booster
+        return None, {}
+    return split_checkpoint(raw)
 
 
 def _rounds(booster: Any) -> int:
@@ -558,6 +755,9 @@ class FamilyFit:
     train: dict[str, Any]  # metrics on the overfit check's training rows
     peak_memory: int | None  # the cluster's peak process memory while fitting
     predict_seconds: float  # scoring holdout + training rows (one compute)
+    #: the Predictor as evaluated on the holdout, when ``predictor`` was then refit on more
+    #: rows (small data): what an ensemble of this family must be evaluated with
+    evaluated: Any = None
 
     @property
     def predicted_rows(self) -> int:
@@ -650,8 +850,13 @@ def refit_family(job: JobSpec, found: Any, prefix: Prefix, sample: Any, holdout:
     metrics = evaluate_predictor(predictor, {"holdout": (holdout, True),
                                              "train": (train_rows, False)}, job, client)
     seconds = time.perf_counter() - clock
+    evaluated = None
     if small:  # on small data the holdout rows are too many to leave out of the model
+        import copy
+
         import dask.dataframe as dd
+
+        evaluated = copy.copy(predictor)  # keeps the evaluated booster
 
         X_holdout = tail.transform(prefix.pipeline.transform(holdout))
         fitted.model = predictor.model = fit_xgboost_rows(
@@ -663,7 +868,7 @@ def refit_family(job: JobSpec, found: Any, prefix: Prefix, sample: Any, holdout:
         fitted.details["refit"] = ("the evaluated recipe refit on every row (train, "
                                    "validation and holdout)")
     return FamilyFit(found, fitted, predictor, metrics["holdout"], metrics["train"],
-                     peak.bytes, seconds)
+                     peak.bytes, seconds, evaluated)
 
 
 class _PeakMemory:

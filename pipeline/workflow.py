@@ -169,11 +169,13 @@ def _run(job: JobSpec, client: Client,
 def _stages(job: JobSpec, client: Client, watch: Stopwatch,
             performance_report: Callable[[], bytes], publish: bool = True) -> RunResult:
     import cluster
-    from pipeline import bundle, evaluate, load, monitor, select, split, steps, train
+    from pipeline import artifacts, bundle, evaluate, load, monitor, select, split, steps, train
     from pipeline.resume import StageStore, stage_key
 
     data = job.data
     cluster.refuse_memory_urls(client, {"data.train": data.train, "output": job.output})
+    artifacts.check_writable(job.output, job.storage_options)  # before any compute
+    storage = artifacts.StorageTally.begin("run", client)  # retries, for metrics.json
     select.check_models(job)  # parameter names and values: fail before any data is read
     training = load.plan_training(job)
     steps.check_declarations(job, training.frame._meta, training.feature_columns)
@@ -204,6 +206,13 @@ def _stages(job: JobSpec, client: Client, watch: Stopwatch,
             train.FamilyFit.files, partial(train.load_family, found=found, job=job,
                                            classes=classes))
     del prefix  # release the training matrices on the workers
+    if job.search.ensemble:
+        from pipeline import ensemble
+
+        fits[ensemble.FAMILY] = ensemble.build(job, searches, fits, sample, parts, train_rows,
+                                               training.feature_columns, classes, client)
+        searches = {**searches, ensemble.FAMILY: fits[ensemble.FAMILY].search}
+        watch.lap("ensemble", f"ensemble: {fits[ensemble.FAMILY].search.best_params}")
     winner = select.choose(searches, job.primary_metric)
     chosen = fits[winner] = evaluate.operating_point(job, fits[winner], parts, train_rows,
                                                      client)
@@ -219,11 +228,16 @@ def _stages(job: JobSpec, client: Client, watch: Stopwatch,
                       f"({'; '.join(verdict.reasons)})")
     published = bundle.write(job, training, rows, winner, chosen, searches, board,
                              parts.holdout, watch.stages, client, performance_report,
-                             profile=profile, gate=verdict.to_json(), publish=False)
+                             profile=profile, gate=verdict.to_json(), publish=False,
+                             storage=storage.counts())
     store.clear()  # written: nothing left to resume
     watch.lap("bundle", f"bundle written: {published.run_url}")
     decision = monitor.settle(job, published.run_id, verdict, publish=publish,
                               data_fingerprint=training.source.fingerprint)
+    logger.info(storage.summary())
+    from pipeline import tracking  # imports MLflow only when tracking is on
+
+    tracking.log_run(job, published, decision)
     return RunResult(run_id=published.run_id, run_url=published.run_url,
                      model_url=published.model_url, task=data.task,
                      metrics=published.metrics, headline=published.metrics["headline"],

@@ -155,3 +155,14 @@ def dask_processes(tmp_path: Path) -> Iterator[str]:
                 proc.wait(timeout=10)
         for log in logs:
             log.close()
+
+
+@pytest.fixture
+def fault_proxy(s3_server: str) -> Iterator[object]:
+    """A fault-injecting HTTP proxy (tests/faultproxy.py) in front of the moto server, on a
+    free loopback port: no faults until the test asks (``set_rate``, ``fail_next``). Point a
+    client at it with ``storage_options={"client_kwargs": {"endpoint_url": proxy.url}}``."""
+    from tests.faultproxy import FaultProxy
+
+    with FaultProxy(s3_server) as proxy:
+        yield proxy

@@ -87,7 +87,7 @@ def test_bad_data_fails_clearly_and_publishes_nothing(client, tmp_path: Path, ca
     job_file.write_text(yaml.safe_dump(demo_job(str(data), str(tmp_path / "out"))))
     code = main(["run", str(job_file), "--n-workers", "1"])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # bad input (pipeline.errors.ExitCode)
     assert "single class" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "models").exists()
     assert not list((tmp_path / "out").glob("runs/*/manifest.json"))
@@ -96,7 +96,7 @@ def test_bad_data_fails_clearly_and_publishes_nothing(client, tmp_path: Path, ca
 def test_bad_job_file_exits_non_zero(tmp_path: Path, capsys) -> None:
     job_file = tmp_path / "job.yaml"
     job_file.write_text("name: x\ndata: {train: a, target: y, task: binery}\noutput: o\n")
-    assert main(["run", str(job_file)]) == 1
+    assert main(["run", str(job_file)]) == 2  # bad input
     err = capsys.readouterr().err
     assert "data.task" in err and "Traceback" not in err
 

@@ -147,7 +147,7 @@ def test_submit_needs_an_existing_cluster(tmp_path: Path, capsys: Any,
 
 
 def test_status_of_an_unknown_job_is_clear(tmp_path: Path, capsys: Any) -> None:
-    assert main(["status", "nope-20260101T000000Z-0000", "--output", str(tmp_path)]) == 1
+    assert main(["status", "nope-20260101T000000Z-0000", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no job 'nope-20260101T000000Z-0000'" in err and "Traceback" not in err
 

@@ -180,3 +180,61 @@ def test_bundle_files_follow_the_umask(tmp_path) -> None:
     atomic_write(fs, os.path.join(base, "once.json"), b"{}", create_once=True)
     for name in ("doc.json", "once.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == reference.stat().st_mode & 0o777
+
+
+def test_a_create_once_write_finding_its_own_bytes_is_done(root: str) -> None:
+    """#17 item 3: the retry of a create-once write whose response was lost finds an object;
+    an equal one (size + sha256) is this write: success. A different one stays an error."""
+    fs, path = artifacts.filesystem(artifacts.join(root, "once", "record.json"))
+    artifacts.atomic_write(fs, path, b'{"run_id": "r1"}', create_once=True)
+    artifacts.atomic_write(fs, path, b'{"run_id": "r1"}', create_once=True)
+    with pytest.raises(FileExistsError):
+        artifacts.atomic_write(fs, path, b'{"run_id": "r2"}', create_once=True)
+    assert fs.cat_file(path) == b'{"run_id": "r1"}'
+
+
+def test_a_pointer_already_holding_the_run_is_not_swapped_again(root: str) -> None:
+    """#17 item 3b: publishing a run the pointer already holds (the retry of a swap whose
+    response was lost) must not make the run its own predecessor."""
+    from pipeline.registry import rollback
+
+    artifacts.publish(root, "m", write(root, "r1"))
+    manifest = write(root, "r2")
+    first = artifacts.publish(root, "m", manifest)
+    assert artifacts.publish(root, "m", manifest) == first
+    fs, path = artifacts.filesystem(artifacts.join(root, "models", "m", "latest.json"))
+    assert artifacts.read_pointer(fs, path).doc == first and first["history"] == ["r1"]
+    assert rollback(root, "m")["run_id"] == "r1"
+
+
+def _bundle_files(model: bytes | None = None, preprocessor: bytes | None = None) -> dict:
+    import numpy as np
+    import xgboost
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.arange(8, dtype=float).reshape(4, 2)
+    booster = xgboost.train({"nthread": 1}, xgboost.DMatrix(X, label=[0, 1, 0, 1]), 1)
+    schema = {"task": "binary", "target": "y", "classes": [0, 1], "threshold": 0.5,
+              "family": "xgboost", "kernels": {}}
+    return {"schema.json": json.dumps(schema).encode(),
+            "preprocessor.skops": preprocessor or artifacts.dumps_skops(StandardScaler().fit(X)),
+            "model.ubj": model or bytes(booster.save_raw(raw_format="ubj"))}
+
+
+@pytest.mark.parametrize("name", ["preprocessor.skops", "model.ubj"])
+def test_a_tampered_model_file_is_not_a_valid_model_file(tmp_path: Path, name: str) -> None:
+    """#17 item 5: a file swapped (with its manifest entry) for a pickle: refused with one
+    sentence naming the file and its URL, not BadZipFile or XGBoost's C++ stack."""
+    import pickle
+
+    root = str(tmp_path / "registry")
+    artifacts.write_run(root, "ok", _bundle_files(), meta={"name": "m"})
+    assert artifacts.load_model(artifacts.join(root, "runs", "ok")).run_id == "ok"
+    evil = pickle.dumps({"payload": list(range(50))})
+    artifacts.write_run(root, "bad", _bundle_files(**{name.split(".")[0]: evil}),
+                        meta={"name": "m"})
+    with pytest.raises(BundleError) as refused:
+        artifacts.load_model(artifacts.join(root, "runs", "bad"))
+    text = str(refused.value)
+    assert text.startswith(f"{root}/runs/bad/{name} is not a valid model file"), text
+    assert "Traceback" not in text and "\n" not in text and ".cc" not in text

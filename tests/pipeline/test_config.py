@@ -186,3 +186,25 @@ def test_mapping_input() -> None:
     job = load_job({"data": {"train": "s3://b/x", "target": "y", "task": "regression"},
                     "output": "s3://b/out", "name": "m"})
     assert isinstance(job, JobSpec) and job.primary_metric == "rmse"
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_nan_in_the_free_form_blocks_names_key_and_line(tmp_path: Path, value: str) -> None:
+    message = error_of(tmp_path, GOOD.replace("max_depth: 4", f"learning_rate: {value}"))
+    assert "line 12: models.xgboost.learning_rate: found" in message
+    message = error_of(tmp_path, GOOD, ("models.xgboost.eta=[0.1, .nan]",))
+    assert "models.xgboost.eta.1: found nan" in message
+    # the model itself refuses it too (a mapping validated without load_job)
+    with pytest.raises(ValidationError, match=r"models\.xgboost\.gamma is inf"):
+        JobSpec.model_validate({"name": "x", "output": "o", "models": {
+            "xgboost": {"gamma": float("inf")}},
+            "data": {"train": "t", "target": "y", "task": "binary"}})
+
+
+def test_csv_encoding_and_bad_lines_keys(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, GOOD), ["data.encoding=latin-1", "data.bad_lines=skip"])
+    assert (job.data.encoding, job.data.bad_lines) == ("latin-1", "skip")
+    assert load_job(write(tmp_path, GOOD)).data.encoding == "utf-8"
+    assert "unknown text encoding 'latin-9000'" in error_of(tmp_path, GOOD,
+                                                            ("data.encoding=latin-9000",))
+    assert "data.bad_lines" in error_of(tmp_path, GOOD, ("data.bad_lines=ignore",))

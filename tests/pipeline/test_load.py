@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
@@ -127,12 +128,14 @@ def test_a_bad_csv_value_past_the_sample_names_column_and_file(tmp_path: Path) -
     bad.to_csv(tmp_path / "b.csv", index=False)
     src = load.find_files(str(tmp_path))
     load.check_csv_sample(src, schema)  # the first 1,000 rows are clean
-    ddf = load.read(src, load.check_headers(load.read_headers(src), schema=schema,
-                                            required=[]), schema=schema)
-    assert dict(ddf.dtypes.astype(str)) == schema
-    with pytest.raises(DataError, match=r"column 'x' of .*b\.csv holds 'oops', which is not "
-                                        r"a float64 value"):
-        ddf.compute(scheduler="sync")
+    columns = load.check_headers(load.read_headers(src), schema=schema, required=[])
+    # small blocks: the bad row is in a later partition, whose line is counted from the file
+    for blocksize in ("64MiB", "8KiB"):
+        ddf = load.read(src, columns, schema=schema, blocksize=blocksize)
+        assert dict(ddf.dtypes.astype(str)) == schema
+        with pytest.raises(DataError, match=r"column 'x' of .*b\.csv holds 'oops' on line "
+                                            r"2502, which is not a float64 value"):
+            ddf.compute(scheduler="sync")
     assert len(load.read(load.find_files(str(tmp_path / "a.csv")), ["x", "k", "y"],
                          schema=schema).compute(scheduler="sync")) == 40
 
@@ -201,3 +204,32 @@ def test_a_pandas_index_written_to_parquet_is_not_a_column(tmp_path: Path) -> No
     assert columns == ["x", "y"]
     got = load.read(source, columns).compute()
     assert list(got.columns) == ["x", "y"] and len(got) == 7
+
+
+def test_csv_encoding_is_read_from_the_source(tmp_path: Path) -> None:
+    data = frame(300).astype({"k": object})
+    data.loc[250, "k"] = "Montréal"
+    data.to_csv(tmp_path / "a.csv", index=False, encoding="latin-1")
+    with pytest.raises(DataError, match=r"a\.csv is not utf-8 text: line 252 holds the "
+                                        r"byte\(s\) b'\\xe9'.*data\.encoding"):
+        src = load.find_files(str(tmp_path / "a.csv"))
+        load.read(src, list(load.read_headers(src)[src.files[0]])).compute(scheduler="sync")
+    src = load.find_files(str(tmp_path / "a.csv"), encoding="latin-1")
+    got = load.read(src, list(load.read_headers(src)[src.files[0]])).compute(scheduler="sync")
+    assert got["k"].iloc[250] == "Montréal" and len(got) == 300
+
+
+def test_malformed_lines_error_or_are_skipped_and_counted(tmp_path: Path) -> None:
+    lines = frame(3000).to_csv(index=False).splitlines(keepends=True)
+    for line in (1501, 2900):
+        lines[line - 1] = lines[line - 1].rstrip("\n") + ",9\n"
+    (tmp_path / "a.csv").write_text("".join(lines))
+    src = load.find_files(str(tmp_path / "a.csv"))
+    columns = list(load.read_headers(src)[src.files[0]])
+    for blocksize in ("64MiB", "8KiB"):  # the second: the bad lines in later partitions
+        with pytest.raises(DataError, match=r"a\.csv, line (1501|2900): 4 fields where the "
+                                            r"header has 3"):
+            load.read(src, columns, blocksize=blocksize).compute(scheduler="sync")
+        got, skipped = dask.compute(*load.read_counted(src, columns, blocksize=blocksize,
+                                                       bad_lines="skip"), scheduler="sync")
+        assert (len(got), skipped) == (2998, 2)

@@ -139,7 +139,9 @@ def test_exact_quantiles_property(values: list[float], q: float) -> None:
     if len(finite) == 0:
         assert np.isnan(got)
     else:
-        assert got == pytest.approx(float(np.quantile(finite, q)), rel=1e-12, abs=1e-300)
+        # interpolation rounds to an ulp of the values (q near 1 between 0 and -3: 4e-16)
+        assert got == pytest.approx(float(np.quantile(finite, q)), rel=1e-12,
+                                    abs=1e-15 * max(1.0, float(np.abs(finite).max())))
 
 
 def test_exact_quantiles_need_more_than_one_pass_on_big_buckets() -> None:

@@ -15,6 +15,7 @@ import pytest
 from pipeline import artifacts
 from pipeline.artifacts import BundleError, ConflictError
 from pipeline.cli import main
+from pipeline.errors import ExitCode
 from pipeline.registry import cleanup, list_models, parse_age, promote, rollback, show_model
 
 
@@ -142,7 +143,7 @@ def test_cli_promote_conflict_and_rollback(root: str, capsys: pytest.CaptureFixt
     artifacts.publish(root, "m", make_run(root, "r1", auc=0.75),
                       summary={"headline": {"roc_auc": 0.75}})
     make_run(root, "r2", auc=0.81)
-    assert main(["models", "promote", root, "m", "r2", "--expect", "r0"]) == 1
+    assert main(["models", "promote", root, "m", "r2", "--expect", "r0"]) == ExitCode.BAD_INPUT
     err = capsys.readouterr().err
     assert "model 'm' is at r1, not r0" in err and "Traceback" not in err
     assert main(["models", "promote", root, "m", "r2"]) == 0
@@ -157,7 +158,7 @@ def test_cli_promote_conflict_and_rollback(root: str, capsys: pytest.CaptureFixt
     assert json.loads(capsys.readouterr().out)["headline"] == {"roc_auc": 0.75}
     assert main(["models", "rollback", root, "m"]) == 0
     assert "m: current version r1 (rolled back)" in capsys.readouterr().out
-    assert main(["models", "rollback", root, "m"]) == 1
+    assert main(["models", "rollback", root, "m"]) == ExitCode.BAD_INPUT
     assert "no previous version" in capsys.readouterr().err
 
 
@@ -212,3 +213,25 @@ def test_parse_age() -> None:
     assert parse_age("1.5d") == dt.timedelta(hours=36)
     with pytest.raises(ValueError, match="cannot read the age"):
         parse_age("yesterday")
+
+
+def test_promote_expect_names_the_version_that_must_be_current(
+        root: str, capsys: pytest.CaptureFixture) -> None:
+    """#17 item 6: ``promote V1 --expect V1`` while V2 is current is a conflict (it used to
+    return early, logging "V1 is already the current version", without reading the pointer)."""
+    artifacts.publish(root, "m", make_run(root, "v1"))
+    artifacts.publish(root, "m", make_run(root, "v2"))
+    before = current(root)
+    assert before["run_id"] == "v2" and before["history"] == ["v1"]
+    with pytest.raises(ConflictError, match="model 'm' is at v2, not v1"):
+        promote(root, "m", "v1", expected_run="v1")
+    assert main(["models", "promote", root, "m", "v1", "--expect", "v1"]) == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert "model 'm' is at v2, not v1" in err and "Traceback" not in err
+    assert current(root) == before  # the pointer is untouched
+    # --expect naming the true current version promotes; promoting the current one is a no-op
+    assert main(["models", "promote", root, "m", "v1", "--expect", "v2"]) == 0
+    assert current(root)["run_id"] == "v1" and current(root)["history"] == ["v2", "v1"]
+    after = current(root)
+    assert promote(root, "m", "v1", expected_run="v1") == after
+    assert current(root) == after

@@ -307,7 +307,7 @@ def test_cli_report(bundles: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     run_id = url.rstrip("/").rsplit("/", 1)[1]
     assert (tmp_path / f"report-{run_id}.html").read_text(encoding="utf-8") == html
     assert f"report-{run_id}.html" in capsys.readouterr().out
-    assert main(["report", str(tmp_path / "runs" / "missing")]) == 1
+    assert main(["report", str(tmp_path / "runs" / "missing")]) == 2  # bad input
 
 
 @pytest.mark.integration
@@ -378,3 +378,155 @@ def test_degenerate_metrics_render(task: str) -> None:
         ET.fromstring(svg)
     if task == "binary":
         assert "Not available: the ROC curve is undefined" in html
+
+
+# --------------------------------------------------------------------------- issue #19
+
+
+def two_class_docs(family: str = "xgboost", primary: str = "roc_auc") -> dict[str, Any]:
+    """Documents of a small binary run with two classes, slices, a leaderboard and timings."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.evaluate import evaluate_predictions, headline, overfit_check
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    segment = pd.Series(rng.choice(["a", "b", "c"], n), dtype="str")
+    y = rng.integers(0, 2, n)
+    # informative scores, a little better on segment "c": slice metrics differ by a few points
+    noise = np.where(segment == "c", 0.8, 1.0)
+    proba = 1 / (1 + np.exp(-(1.6 * (y - 0.5) + rng.normal(0, noise, n))))
+    frame = pd.DataFrame({"y_true": y, "proba": proba, "segment": segment})
+    holdout = evaluate_predictions(frame, "binary", class_names=["no", "yes"],
+                                   slices=["segment"])
+    head = headline(holdout, "binary")
+
+    def row(fam: str, cv: float | None, auc: float, chosen: bool = False) -> dict[str, Any]:
+        return {"family": fam, "training": "distributed", "cv_mean": cv, "cv_std": 0.01,
+                "metric": primary, "holdout": {**head, "roc_auc": auc, "log_loss": 1 - auc},
+                "gap": 0.01, "fit_seconds": 6.0, "predict_rows_per_s": 1e5,
+                "peak_memory_bytes": 2**30, "chosen": chosen,
+                "params": {"a_rather_long_parameter_name": [1, 2, 3],
+                           "another_long_parameter_name": "some_long_value_here"}}
+
+    better = (lambda a, b: a > b) if primary == "roc_auc" else (lambda a, b: a < b)
+    cvs = {"knn": 0.70, "xgboost": 0.84, "logistic_regression": 0.80}
+    if primary == "log_loss":
+        cvs = {"knn": 0.50, "xgboost": 0.35, "logistic_regression": 0.40}
+    winner = min(cvs, key=cvs.get) if primary == "log_loss" else max(cvs, key=cvs.get)
+    assert better(cvs[winner], cvs["knn"])
+    board = [row("knn", cvs["knn"], 0.70), row("decision_tree", None, 0.60),
+             row("logistic_regression", cvs["logistic_regression"], 0.80),
+             row("xgboost", cvs["xgboost"], 0.84, chosen=winner == "xgboost")]
+    return {
+        "job": {"name": "t", "data": {"task": "binary", "target": "y"},
+                "preprocess": {"scale": "standard"}},
+        "metrics": {"task": "binary", "primary_metric": primary, "holdout": holdout,
+                    "headline": head, "overfit": overfit_check(holdout, holdout, 0.05),
+                    "leaderboard": board,
+                    "timings": {"plan": 0.5, "load": 2.0, "preprocess": 3.0,
+                                "search:xgboost": 4.0, "train:xgboost": 10.0,
+                                "train:knn": 1.0, "evaluate": 0.0, "gate": 1.5},
+                    "model": {"family": family,
+                              "importance": {"income": 3.0, "age": 1.0, "grade_B": 0.5}}},
+        "manifest": {"family": family, "name": "t", "run_id": "r1"},
+        "schema": {"task": "binary", "target": "y", "classes": ["no", "yes"]},
+    }
+
+
+@pytest.mark.parametrize(("family", "says", "never"), [
+    ("xgboost", "total gain over all trees", "coefficient"),
+    ("random_forest", "total gain over all trees", "coefficient"),
+    ("decision_tree", "impurity decrease", "total gain"),
+    ("logistic_regression", "|coefficient| on the standardised inputs", "gain"),
+    ("linear_svm", "|coefficient|", "gain"),
+])
+def test_importance_is_titled_by_model_kind(family: str, says: str, never: str) -> None:
+    html = render(two_class_docs(family))
+    part = section(html, "importance")
+    assert part.count("<svg") == 1
+    assert says in part and never not in part.lower()
+
+
+def test_importance_of_a_model_without_one_says_so() -> None:
+    docs = two_class_docs("knn")
+    docs["metrics"]["model"]["importance"] = {}
+    part = section(render(docs), "importance")
+    assert "<svg" not in part and "a knn model has no split gains or coefficients" in part
+
+
+@pytest.mark.parametrize("primary", ["roc_auc", "log_loss"])
+def test_leaderboard_is_sorted_best_first_in_the_metric_direction(primary: str) -> None:
+    html = render(two_class_docs(primary=primary))
+    board = section(html, "leaderboard")
+    order = re.findall(r'data-family="([^"]+)" data-rank="(\d+)"', board)
+    # the CV score decides (lower log loss is better); no CV score: after the others
+    assert [f for f, _ in order] == ["xgboost", "logistic_regression", "knn", "decision_tree"]
+    assert [int(r) for _, r in order] == [1, 2, 3, 4]
+    direction = "higher" if primary == "roc_auc" else "lower"
+    assert f"({direction} is better)" in board
+    # parameters live under the family name, not in a column of their own that widens the
+    # table past the page (the right-hand columns were cut off at 1280 px)
+    assert ">parameters<" not in board
+    assert board.count('<div class="params mono">') == 4
+
+
+def test_slice_axis_spans_the_values() -> None:
+    docs = two_class_docs()
+    html = render(docs)
+    [svg] = re.findall(r"<svg\b.*?</svg>", section(html, "slices"), flags=re.S)
+    root = ET.fromstring(svg)
+    texts = ["".join(t.itertext()).strip() for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    levels = docs["metrics"]["holdout"]["slices"]["segment"]
+    values = [row["roc_auc"] for row in levels.values()]
+    ticks = [float(t) for t in texts if re.fullmatch(r"-?\d+\.\d+", t)]
+    # tick labels lie around the slices' values (not 0 to 1), and the axis says so
+    lo, hi = min(values), max(values)
+    spread = hi - lo
+    assert ticks and min(ticks) >= lo - spread and max(ticks) <= hi + spread
+    assert 0.0 not in ticks and 1.0 not in ticks
+    assert any("the axis spans the values, not 0 to 1" in t for t in texts)
+
+
+def test_timings_split_refit_from_evaluation() -> None:
+    html = render(two_class_docs())
+    run = section(html, "run")
+    stages = dict(re.findall(r'data-stage="([^"]+)" data-seconds="([^"]*)"', run))
+    # train:xgboost (10 s) = refit (6 s, the leaderboard's fit time) + evaluation (4 s)
+    assert float(stages["xgboost: refit"]) == 6.0
+    assert float(stages["xgboost: evaluate"]) == 4.0
+    # a stage shorter than its recorded refit (kept by an earlier run) is shown whole
+    assert float(stages["knn: refit and evaluate"]) == 1.0
+    assert float(stages["xgboost: search"]) == 4.0
+    # the near-empty "evaluate" stage (choose the winner) is named for what it does
+    assert "evaluate" not in stages and float(stages["choose the winner"]) == 0.0
+    assert not re.search(r">\s*0 ms<", run) and "&lt; 1 ms" in run
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs headless Chromium (apt-get install "
+                                                "chromium)")
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_leaderboard_fits_the_page_in_a_browser(tmp_path: Path, width: int) -> None:
+    """Laid out by a real browser: no table of the page is wider than its box at 1280 and
+    1920 px (a script added to a copy of the page measures it and writes the result)."""
+    import subprocess
+
+    html = render(two_class_docs())
+    probe = ("<script>document.title = JSON.stringify([...document.querySelectorAll("
+             "'.scroll')].filter(e => e.scrollWidth > e.clientWidth + 1).map("
+             "e => (e.querySelector('table') || e).id || 'table'));</script></body>")
+    page = tmp_path / "page.html"
+    page.write_text(html.replace("</body>", probe), encoding="utf-8")
+    out = subprocess.run(
+        [_chromium(), "--headless=new", "--no-sandbox", "--disable-gpu",
+         f"--window-size={width},900", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    title = re.findall(r"<title>(.*?)</title>", out, flags=re.S)[0]  # the page's, not an SVG's
+    assert title == "[]", f"tables wider than the page at {width} px: {title}"

@@ -283,12 +283,12 @@ def test_cli_score_errors_publish_nothing(client, trained: SimpleNamespace, demo
     frame.drop(columns=["income"]).to_parquet(no_income / "x.parquet", index=False)
     code = main(["score", trained.model_url, str(no_income), str(tmp_path / "o1"), *scheduler])
     err = capsys.readouterr().err
-    assert code == 1 and "column 'income' is not in the data" in err and "Traceback" not in err
+    assert code == 2 and "column 'income' is not in the data" in err and "Traceback" not in err
     assert not (tmp_path / "o1").exists()
 
     code = main(["score", str(tmp_path), str(demo_dir), str(tmp_path / "o2"), *scheduler])
     err = capsys.readouterr().err
-    assert code == 1 and "neither a run URL" in err
+    assert code == 2 and "neither a run URL" in err
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -300,20 +300,20 @@ def test_cli_score_errors_publish_nothing(client, trained: SimpleNamespace, demo
         part.to_parquet(bad / f"p{i}.parquet", index=False)
     code = main(["score", trained.model_url, str(bad), str(tmp_path / "o3"), *scheduler])
     err = capsys.readouterr().err
-    assert code == 1, err
+    assert code == 2, err  # bad input (pipeline.errors.ExitCode.BAD_INPUT)
     assert "p2.parquet" in err and "income" in err and "n/a (refused)" in err
     assert not (tmp_path / "o3" / SUCCESS).exists()
 
     code = main(["score", trained.model_url, str(demo_dir), str(demo_dir / "scores"),
                  *scheduler])
     err = capsys.readouterr().err
-    assert code == 1 and "overlaps the input" in err and not (demo_dir / "scores").exists()
+    assert code == 2 and "overlaps the input" in err and not (demo_dir / "scores").exists()
 
     (tmp_path / "o4").mkdir()
     (tmp_path / "o4" / "keep-me.csv").write_text("a\n1\n")
     code = main(["score", trained.model_url, str(demo_dir), str(tmp_path / "o4"), *scheduler])
     err = capsys.readouterr().err
-    assert code == 1 and "not a score output" in err
+    assert code == 2 and "not a score output" in err
     assert (tmp_path / "o4" / "keep-me.csv").exists()
 
 

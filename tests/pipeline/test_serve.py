@@ -520,7 +520,7 @@ def test_settings_and_warnings(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     # the CLI warns, then fails in one paragraph on a model that is not there
     code = main(["serve", model, "--host", "0.0.0.0", "--port", "0"])
     err = capsys.readouterr().err
-    assert code == 1 and "without a token" in err and "has no current version" in err
+    assert code == 2 and "without a token" in err and "has no current version" in err
     assert "Traceback" not in err
     code = main(["serve", model, "--token-env", "MLPIPE_TEST_UNSET_VARIABLE"])
     err = capsys.readouterr().err
