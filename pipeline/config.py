@@ -294,7 +294,7 @@ class SearchSpec(_Spec):
 
     strategy: Literal["sample", "full"] = "sample"
     #: auto (the default when the job has no ``models:`` block; ``search: auto`` for short):
-    #: each family's practitioner search space (``mlpipe families``) under the parameters the
+    #: each family's practitioner search space (``pipeline.models.auto_space``) under those the
     #: job fixes, searched by successive halving in brackets until ``time_budget`` is spent.
     method: Literal["auto", "grid", "random", "halving"] = "grid"
     #: seconds the auto search may spend (null: 20 s plus 3 minutes per million training rows,
@@ -522,7 +522,7 @@ class JobSpec(_Spec):
     data: DataSpec
     preprocess: PreprocessSpec = PreprocessSpec()
     features: list[FeatureSpec] = []
-    #: {family: {parameter: value or [values to search]}}; see ``mlpipe families``.
+    #: {family: {parameter: value or [values to search]}}; see ``pipeline.models.FAMILIES``.
     models: dict[str, dict[str, Any]] = {"xgboost": {}}
     search: SearchSpec = SearchSpec()
     train: TrainSpec = TrainSpec()
