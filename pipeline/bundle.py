@@ -134,11 +134,14 @@ def write(job: JobSpec, training: Training, rows: Mapping[str, int], winner: str
 def schema_doc(job: JobSpec, training: Training, family: str, predictor: Predictor,
                sample: pd.DataFrame) -> dict[str, Any]:
     """``schema.json``: the inputs the model takes (columns, dtypes, categories, kernels)."""
+    from pipeline.train import boosting_device
+
     prep = predictor.preprocessor
     dtypes = training.frame.dtypes
     return {
         "task": job.data.task, "target": job.data.target, "classes": predictor.classes,
         "threshold": predictor.threshold, "family": family,
+        "device": boosting_device(job),  # where scoring predicts unless told otherwise
         "columns": {c: str(dtypes[c]) for c in training.feature_columns},
         "id_columns": list(job.data.id_columns),
         "categories": {column: [str(v) for v in levels]

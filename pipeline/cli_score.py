@@ -23,10 +23,14 @@ logger = logging.getLogger("pipeline")
               help="Parquet: rows per partition, whole row groups (default 500,000).")
 @click.option("--blocksize", default=None, metavar="BYTES",
               help="CSV: bytes per partition, e.g. 64MiB (the default).")
+@click.option("--device", default=None, metavar="DEVICE",
+              help="XGBoost device for the predictions: cpu, cuda, cuda:1 (default: the one "
+                   "the model trained on; a GPU the workers cannot see is refused).")
 @cluster_options
 def score(model: str, input_url: str, output_url: str, id_columns: tuple[str, ...], fmt: str,
-          partition_rows: int | None, blocksize: str | None, scheduler: str | None,
-          n_workers: int | None, threads_per_worker: int | None) -> None:
+          partition_rows: int | None, blocksize: str | None, device: str | None,
+          scheduler: str | None, n_workers: int | None,
+          threads_per_worker: int | None) -> None:
     """Score every row of INPUT with MODEL; write Parquet parts to OUTPUT.
 
     MODEL is <root>/models/<name> (its current version) or <root>/runs/<run_id>; INPUT and
@@ -48,7 +52,7 @@ def score(model: str, input_url: str, output_url: str, id_columns: tuple[str, ..
         logger.info("dashboard: %s", client.dashboard_link)
         result = score_to(model, input_url, output_url, id_columns=id_columns, fmt=fmt,
                           partition_rows=partition_rows or PARTITION_ROWS,
-                          blocksize=blocksize or BLOCKSIZE, client=client)
+                          blocksize=blocksize or BLOCKSIZE, client=client, device=device)
     manifest = result.manifest
     click.echo("")
     click.echo(f"rows:    {result.rows_in:,} in, {result.rows_out:,} out "

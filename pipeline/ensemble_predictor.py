@@ -24,6 +24,7 @@ In a bundle (pickle-free, every file listed in the manifest)::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -144,6 +145,13 @@ class EnsemblePredictor(Predictor):
                                                             self.model.weights))
         return (f"EnsemblePredictor(task={self.task!r}, members={{{members}}}, "
                 f"run_id={self.run_id!r}, features={len(self.feature_columns)})")
+
+    def on(self, device: str) -> EnsemblePredictor:
+        """As :meth:`Predictor.on`: every member moved to ``device``."""
+        moved = copy.copy(self)
+        moved.device = device
+        moved.model = Ensemble([m.on(device) for m in self.model.members], self.model.weights)
+        return moved
 
     def _raw(self, Xt: pd.DataFrame) -> np.ndarray:
         if len(Xt) == 0:

@@ -78,7 +78,7 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.BAD_INPUT: "bad input: job file, command line, data or model bundle",
     ExitCode.DRIFT: "monitor: drift flagged",
     ExitCode.DECAY: "monitor: quality decay flagged (also when drift is)",
-    ExitCode.CLUSTER: "Dask cluster unreachable, without workers, or lost mid-command",
+    ExitCode.CLUSTER: "Dask cluster unreachable, without workers (or the GPUs asked for), or lost mid-command",
     ExitCode.STORAGE: "storage failure after retries (nothing partial published)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }

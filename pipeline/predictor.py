@@ -8,6 +8,7 @@ those of the code that scores later.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,9 @@ class Predictor:
         An ``xgboost.Booster`` or a fitted scikit-learn estimator.
     threshold
         Binary tasks: P(positive) at or above which the label is the positive class.
+    device
+        XGBoost's device for predictions (``cpu``, ``cuda``, ``cuda:1``); scikit-learn
+        models ignore it. :meth:`on` gives a copy on another device.
 
     Examples
     --------
@@ -41,7 +45,8 @@ class Predictor:
 
     def __init__(self, *, task: str, target: str, classes: Sequence[Any] | None,
                  preprocessor: Any, model: Any, threshold: float = 0.5,
-                 family: str = "xgboost", run_id: str | None = None) -> None:
+                 family: str = "xgboost", run_id: str | None = None,
+                 device: str = "cpu") -> None:
         self.task = task
         self.target = target
         self.classes = list(classes) if classes is not None else None
@@ -50,6 +55,20 @@ class Predictor:
         self.threshold = float(threshold)
         self.family = family
         self.run_id = run_id
+        self.device = device
+
+    def on(self, device: str) -> Predictor:
+        """A copy of this predictor that predicts on XGBoost ``device`` (its boosters copied).
+
+        The device is applied where the copy predicts, not here: a driver without a GPU
+        would turn ``cuda`` into ``cpu`` at once (XGBoost's fallback), before the copy
+        reaches a GPU worker.
+        """
+        moved = copy.copy(self)
+        moved.device = device
+        if _is_booster(self.model):
+            moved.model = self.model.copy()
+        return moved
 
     def __repr__(self) -> str:
         return (f"Predictor(task={self.task!r}, family={self.family!r}, run_id={self.run_id!r},"
@@ -88,6 +107,8 @@ class Predictor:
             k = len(self.classes) if self.task == "multiclass" else 0
             return np.empty((0, k) if k else (0,), dtype=np.float64)
         if _is_booster(self.model):
+            if self.device != "cpu":  # where it predicts: see on()
+                self.model.set_param({"device": self.device})
             out = self.model.inplace_predict(Xt, validate_features=False)
             return np.asarray(out, dtype=np.float64)
         X = Xt.to_numpy(dtype=np.float64)  # scikit-learn families were fitted on arrays

@@ -207,6 +207,7 @@ class Plan:
     blocksize: int
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     drift: bool = False  # the bundle has a reference profile: every part carries its sketch
+    device: str = "cpu"  # XGBoost's device for the predictions (score_to decides)
 
     @property
     def width(self) -> int:
@@ -500,7 +501,7 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
              id_columns: Sequence[str] = (), fmt: str = "auto",
              partition_rows: int = PARTITION_ROWS, blocksize: int | str = BLOCKSIZE,
              storage_options: Mapping[str, Any] | None = None, client: Any = None,
-             progress_every: float = 5.0) -> ScoreResult:
+             progress_every: float = 5.0, device: str | None = None) -> ScoreResult:
     """Score every row at ``input_url`` with a model and write Parquet parts to ``output_url``.
 
     Resumable and idempotent: parts already written by the same job (same model version,
@@ -526,6 +527,10 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
         CSV: bytes per partition (``"64MiB"``); compressed files are one partition each.
     client
         The ``distributed.Client`` to run on (default: the current one).
+    device
+        XGBoost's device for the predictions (``cpu``, ``cuda``); default: the device the
+        model trained on (``schema.json``). A GPU that some worker cannot see is refused
+        (:func:`pipeline.train.check_device`) rather than silently replaced by the CPU.
 
     Examples
     --------
@@ -539,6 +544,7 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
 
     import cluster
     from pipeline import artifacts
+    from pipeline.train import check_device
 
     client = client or get_client()
     artifacts.check_writable(output_url, storage_options)  # before any compute
@@ -551,6 +557,10 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
                       partition_rows=partition_rows, blocksize=blocksize,
                       storage_options=storage_options, bundle=bundle, predictor=predictor)
     cluster.refuse_memory_urls(client, {"output": output_url})
+    plan.device = device or bundle.json("schema.json").get("device", "cpu")
+    check_device(client, plan.device, "score on the CPU: mlpipe score --device cpu")
+    if plan.device != "cpu":
+        predictor = predictor.on(plan.device)
     fs, out = artifacts.filesystem(output_url, plan.storage_options)
     _unpublish(fs, out)
     done = _verified_parts(plan)
@@ -727,7 +737,8 @@ def _manifest(plan: Plan, stats: Mapping[int, Mapping[str, Any]],
         "format": FORMAT,
         "key": plan.key,
         "model": {"url": plan.model_url, "name": plan.model_name, "run_id": plan.run_id,
-                  "manifest_sha256": plan.manifest_sha256, "task": plan.task},
+                  "manifest_sha256": plan.manifest_sha256, "task": plan.task,
+                  "device": plan.device},
         "input": {"url": plan.source.url, "format": plan.source.format,
                   "fingerprint": plan.source.fingerprint, "files": len(plan.source.files),
                   "bytes": plan.source.bytes, "partitions": len(plan.pieces),

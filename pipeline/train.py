@@ -110,6 +110,8 @@ def xgb_params(params: Mapping[str, Any], *, task: str, n_classes: int | None,
 
 def _try(booster: Mapping[str, Any], task: str) -> None:
     """One round on four rows: bad values fail here, before any cluster work."""
+    import warnings
+
     import numpy as np
     import xgboost
 
@@ -117,10 +119,78 @@ def _try(booster: Mapping[str, Any], task: str) -> None:
         [0.0, 1.0, 2.0, 0.0])
     matrix = xgboost.DMatrix(np.arange(8.0).reshape(4, 2), label=label)
     try:
-        xgboost.train({**booster, "nthread": 1}, matrix, 1)
+        with warnings.catch_warnings():  # "No visible GPU": check_device's job, on the workers
+            warnings.simplefilter("ignore")
+            xgboost.train({**booster, "nthread": 1}, matrix, 1)
     except xgboost.core.XGBoostError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ValueError(f"models: XGBoost refuses these parameters: {first}") from None
+
+
+def check_devices(job: JobSpec, client: Client) -> None:
+    """Refuse, before any data is read, an XGBoost ``device`` of the job (fixed or searched)
+    that asks for a GPU the workers do not have (:func:`check_device`)."""
+    for family, device in _devices(job):
+        check_device(client, device, f"remove models.{family}.device from the job")
+
+
+def boosting_device(job: JobSpec) -> str:
+    """The XGBoost ``device`` the job's boosting trains on (the first one it names, else
+    ``cpu``): ``schema.json`` records it, and scoring predicts there unless told otherwise."""
+    return next((device for _, device in _devices(job)), "cpu")
+
+
+def _devices(job: JobSpec) -> list[tuple[str, str]]:
+    """(family, device) for every ``device`` value of the job's XGBoost families."""
+    out = []
+    for family, params in job.models.items():
+        value = params.get("device") if family in ("xgboost", "random_forest") else None
+        out += [(family, str(v)) for v in (value if isinstance(value, list) else [value])
+                if v is not None]
+    return out
+
+
+def on_gpu(device: str) -> bool:
+    """Whether an XGBoost ``device`` value asks for a GPU (``cuda``, ``cuda:1``, ``gpu``)."""
+    return str(device).split(":")[0].lower() in ("cuda", "gpu")
+
+
+def check_device(client: Client, device: str, undo: str) -> None:
+    """Refuse a GPU ``device`` that some worker of ``client`` cannot use.
+
+    XGBoost 3.2 does not fail when asked for a GPU it cannot see: it logs "No visible GPU is
+    found, setting device to CPU" and trains (or predicts) on the CPU, hours slower and
+    silently (``fail_on_invalid_gpu_id`` does not change that). So every worker trains one
+    round on four rows with ``device`` and reports the device XGBoost really used
+    (``Booster.save_config``); a worker that fell back to the CPU is a
+    :class:`cluster.ClusterError` (exit 5) naming it and ``undo``, what to change instead.
+    """
+    import cluster
+
+    if not on_gpu(device):
+        return
+    used = client.run(_device_used, device)
+    cpu = sorted(worker for worker, seen in used.items() if not on_gpu(seen))
+    if cpu:
+        raise cluster.ClusterError(
+            f"device {device!r} asks XGBoost for a GPU, but {len(cpu)} of {len(used)} Dask "
+            f"worker(s) see none ({', '.join(cpu[:3])}{', ...' if len(cpu) > 3 else ''}); "
+            "XGBoost would fall back to the CPU without an error. Start GPU workers (for "
+            "example cluster.spec: {module: dask_cuda, class: LocalCUDACluster}) or " + undo)
+
+
+def _device_used(device: str) -> str:
+    """On a worker: the device XGBoost trains on when asked for ``device``."""
+    import json
+    import warnings
+
+    import xgboost
+
+    matrix = xgboost.DMatrix(np.arange(8.0).reshape(4, 2), label=[0.0, 1.0, 0.0, 1.0])
+    with warnings.catch_warnings():  # "No visible GPU is found": the answer, not a problem
+        warnings.simplefilter("ignore")
+        booster = xgboost.train({"device": device, "nthread": 1}, matrix, 1)
+    return json.loads(booster.save_config())["learner"]["generic_param"]["device"]
 
 
 class TrainingError(RuntimeError):

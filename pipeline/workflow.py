@@ -177,6 +177,7 @@ def _stages(job: JobSpec, client: Client, watch: Stopwatch,
     artifacts.check_writable(job.output, job.storage_options)  # before any compute
     storage = artifacts.StorageTally.begin("run", client)  # retries, for metrics.json
     select.check_models(job)  # parameter names and values: fail before any data is read
+    train.check_devices(job, client)  # a GPU the workers cannot see: refused here too
     training = load.plan_training(job)
     steps.check_declarations(job, training.frame._meta, training.feature_columns)
     watch.lap("plan", _planned(training, data.train))

@@ -142,6 +142,7 @@ def test_score_to_files_then_rerun_is_idempotent(client, trained: SimpleNamespac
 
     manifest = read_manifest(str(out))
     assert manifest["model"]["run_id"] == trained.second.run_id
+    assert manifest["model"]["device"] == "cpu"  # the device the model trained on
     assert manifest["rows_in"] == manifest["rows_out"] == 20_000
     assert [p["rows"] for p in manifest["parts"]] == [5000] * 4
     assert sum(p["bytes"] for p in manifest["parts"]) == sum(
@@ -165,6 +166,39 @@ def test_score_to_files_then_rerun_is_idempotent(client, trained: SimpleNamespac
     assert stamps(out) == before  # nothing rewritten
     assert read_manifest(str(out))["rows_out"] == 20_000
     assert_same_rows(output_frame(out), expected(trained.second.run_url, frame))
+
+
+def test_a_gpu_the_workers_cannot_see_is_refused_before_anything_is_written(
+        client, trained: SimpleNamespace, demo_dir: Path, tmp_path: Path) -> None:
+    """XGBoost would predict on the CPU instead, silently; mlpipe refuses (exit 5) and says
+    how to score on the CPU, with nothing in the output."""
+    import cluster
+
+    out = tmp_path / "scores"
+    with pytest.raises(cluster.ClusterError, match=r"device 'cuda'.* 2 of 2 Dask worker\(s\) "
+                       r"see none.*--device cpu"):
+        score_to(trained.model_url, str(demo_dir), str(out), id_columns=IDS, client=client,
+                 device="cuda")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_predictor_moves_to_a_device_as_a_copy(trained: SimpleNamespace,
+                                                  demo_dir: Path) -> None:
+    """``on`` copies the booster and applies the device where it predicts; without a GPU
+    XGBoost predicts on the CPU (its fallback), so the predictions stay the same."""
+    import warnings
+
+    model = loaded(trained.second.run_url)
+    moved = model.on("cuda")
+    assert (model.device, moved.device) == ("cpu", "cuda")
+    assert moved.model is not model.model and moved.preprocessor is model.preprocessor
+    frame = demo_frame(demo_dir).head(500)
+    with warnings.catch_warnings():  # XGBoost: "No visible GPU is found"
+        warnings.simplefilter("ignore")
+        pd.testing.assert_frame_equal(moved.predict_frame(frame, IDS),
+                                      model.predict_frame(frame, IDS))
+    schema = json.loads((Path(trained.second.run_url) / "schema.json").read_text())
+    assert schema["device"] == "cpu"
 
 
 def test_rerun_replaces_damaged_foreign_and_stale_parts(client, trained: SimpleNamespace,
