@@ -34,7 +34,8 @@ def score(model: str, input_url: str, output_url: str, id_columns: tuple[str, ..
     """Score every row of INPUT with MODEL; write Parquet parts to OUTPUT.
 
     MODEL is <root>/models/<name> (its current version) or <root>/runs/<run_id>; INPUT and
-    OUTPUT are fsspec URLs (INPUT: CSV or Parquet files, a directory or a glob). OUTPUT gets
+    OUTPUT are fsspec URLs (INPUT: CSV or Parquet files, a directory or a glob, or a SQL
+    source: sqlite:///x.db?table=T&index=ID or ?query=SELECT...&index=ID). OUTPUT gets
     one part per input partition, a _manifest.json and, last, _SUCCESS. Rerunning the same
     command resumes a killed run (finished parts are verified and skipped) and never
     duplicates a row.

@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import did_you_mean
@@ -57,7 +57,7 @@ class Source:
     bytes: int
     fs: Any = field(repr=False, compare=False)
     encoding: str = "utf-8"  # of CSV files (data.encoding)
-    sql: SqlTable | None = None  # format "sql": the table behind the URL
+    sql: SqlSource | None = None  # format "sql": the table or query behind the URL
 
 
 #: SQLAlchemy dialects whose URLs are SQL sources (``sqlite:///x.db?table=loans&index=id``)
@@ -65,17 +65,45 @@ SQL_DIALECTS = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "mssql",
 
 
 @dataclass(frozen=True)
-class SqlTable:
-    """A SQL source: the connection URL without mlpipe's own parameters, and what to read."""
+class SqlSource:
+    """A SQL source: the connection URL without mlpipe's own parameters, and what to read:
+    a ``table`` or a ``query`` (one SELECT), partitioned by ranges of the ``index`` column.
+    ``columns``, ``rows``, ``low`` and ``high`` are what the database answered when the
+    source was found (the fingerprint, and the ranges scoring cuts)."""
 
     connection: str
-    table: str
+    table: str | None
+    query: str | None
     index: str  # an indexed, orderable column: the partitions are ranges of it
     partitions: int | None = None
+    columns: tuple[str, ...] = ()
+    rows: int = 0
+    low: Any = None
+    high: Any = None
+
+    @property
+    def what(self) -> str:
+        """``table 'loans'`` or ``query``, for messages."""
+        return f"table {self.table!r}" if self.table else "query"
+
+    def relation(self) -> Any:
+        """The FROM clause: the table, or the query as a named subquery."""
+        import sqlalchemy as sa
+
+        if self.table:
+            return sa.table(self.table)
+        return sa.text(f"({self.query}) AS mlpipe_query")
+
+    def select(self, columns: Sequence[str]) -> Any:
+        """``SELECT columns FROM`` :meth:`relation` (a SQLAlchemy Selectable)."""
+        import sqlalchemy as sa
+
+        return sa.select(*[sa.column(c) for c in columns]).select_from(self.relation())
 
 
 def is_sql(url: str) -> bool:
-    """Is ``url`` a SQLAlchemy database URL (``sqlite:///x.db?table=t&index=id``)?"""
+    """Is ``url`` a SQLAlchemy database URL (``sqlite:///x.db?table=t&index=id``, or
+    ``?query=SELECT...&index=id``)?"""
     scheme = url.split("://", 1)[0] if "://" in url else ""
     return scheme.split("+", 1)[0].lower() in SQL_DIALECTS
 
@@ -141,45 +169,127 @@ def find_files(url: str, storage_options: Mapping[str, Any] | None = None,
 
 
 def _sql_source(url: str) -> Source:
-    """A SQL table as a :class:`Source`: its columns are checked like a file's header."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit
-
+    """A SQL table or query as a :class:`Source`: its columns are checked like a file's
+    header; its row count and index range make the fingerprint."""
     import sqlalchemy as sa
 
-    parts = urlsplit(url)
-    params = dict(parse_qsl(parts.query))
-    table, index = params.pop("table", None), params.pop("index", None)
-    partitions = params.pop("partitions", None)
-    if not table or not index:
-        raise DataError(f"the SQL source {url} needs ?table=NAME&index=COLUMN (an indexed, "
-                        "orderable column, e.g. the primary key: partitions are ranges of it)")
-    # not urlunsplit: it drops the empty host of sqlite:///path
-    connection = url.split("?", 1)[0] + (f"?{urlencode(params)}" if params else "")
+    sql = sql_parts(url)
+    where = f"the {sql.what} at {_shown(sql.connection)}"
     try:
-        engine = sa.create_engine(connection)
+        engine = sa.create_engine(sql.connection)
         with engine.connect() as conn:
-            columns = [c["name"] for c in sa.inspect(conn).get_columns(table)]
+            if sql.table:
+                columns = [c["name"] for c in sa.inspect(conn).get_columns(sql.table)]
+            else:
+                columns = list(conn.execute(sa.select(sa.text("*"))
+                                            .select_from(sql.relation()).limit(0)).keys())
             if not columns:
-                raise DataError(f"no table {table!r} at {connection}")
-            if index not in columns:
-                raise DataError(f"the index column {index!r} is not in the table {table!r} "
-                                f"of {connection}; found columns {columns}"
-                                f"{did_you_mean(index, columns)}")
-            tbl = sa.table(table, sa.column(index))
+                raise DataError(f"no {sql.what} at {_shown(sql.connection)}")
+            if sql.index not in columns:
+                raise DataError(f"the index column {sql.index!r} is not in {where}; found "
+                                f"columns {columns}{did_you_mean(sql.index, columns)}")
+            index = sa.column(sql.index)
             rows, low, high = conn.execute(sa.select(
-                sa.func.count(), sa.func.min(tbl.c[index]), sa.func.max(tbl.c[index]))).one()
+                sa.func.count(), sa.func.min(index), sa.func.max(index))
+                .select_from(sql.relation())).one()
     except sa.exc.NoSuchTableError:
-        raise DataError(f"no table {table!r} at {connection}") from None
+        raise DataError(f"no {sql.what} at {_shown(sql.connection)}") from None
     except sa.exc.SQLAlchemyError as exc:
-        raise DataError(f"cannot read the SQL source {connection}: {exc}") from None
+        first = str(exc).strip().splitlines()[0]
+        raise DataError(f"cannot read {where}: {first}") from None
+    except ImportError as exc:  # the database's Python driver
+        raise DataError(f"cannot read {where}: its database driver is not installed "
+                        f"({exc}); install it in this environment and on the workers, or "
+                        "name an installed one in the URL (e.g. mysql+pymysql://)") from None
     finally:
         if "engine" in locals():
             engine.dispose()
-    stamp = f"{connection}\0{table}\0{columns}\0{rows}\0{low}\0{high}"
+    stamp = f"{sql.connection}\0{sql.table or sql.query}\0{columns}\0{rows}\0{low}\0{high}"
     return Source(url=url, protocol="sql", format="sql", files=(url,),
                   fingerprint=hashlib.sha256(stamp.encode()).hexdigest()[:16], bytes=0, fs=None,
-                  sql=SqlTable(connection, table, index,
-                               int(partitions) if partitions else None))
+                  sql=replace(sql, columns=tuple(columns), rows=int(rows), low=low, high=high))
+
+
+def sql_parts(url: str) -> SqlSource:
+    """What a SQL URL asks for, parsed without connecting: the connection URL (mlpipe's own
+    parameters removed), the table or query, the index column and the partition count."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    params = dict(parse_qsl(urlsplit(url).query))
+    table, query = params.pop("table", None), params.pop("query", None)
+    index, partitions = params.pop("index", None), params.pop("partitions", None)
+    if not (table or query) or (table and query) or not index:
+        raise DataError(f"the SQL source {_shown(url)} needs ?table=NAME&index=COLUMN or "
+                        "?query=SELECT...&index=COLUMN (one of table and query, URL-encoded; "
+                        "the index an indexed, orderable column of it, e.g. the primary key: "
+                        "partitions are ranges of it)")
+    if partitions is not None and not (partitions.isdigit() and int(partitions) > 0):
+        raise DataError(f"the SQL source {_shown(url)}: partitions must be a positive "
+                        f"integer, got {partitions!r}")
+    # not urlunsplit: it drops the empty host of sqlite:///path
+    connection = url.split("?", 1)[0] + (f"?{urlencode(params)}" if params else "")
+    return SqlSource(connection, table, query.strip().rstrip(";") if query else None, index,
+                     int(partitions) if partitions else None)
+
+
+def _shown(url: str) -> str:
+    """A database URL as messages show it: the password masked, the query string cut."""
+    import sqlalchemy as sa
+
+    base = url.split("?", 1)[0]
+    try:
+        return sa.engine.make_url(base).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return base
+
+
+def sql_pieces(source: Source, partition_rows: int) -> list[Piece]:
+    """Ranges of the SQL source's numeric index column of about ``partition_rows`` rows
+    each (evenly spaced between its smallest and largest value; the last range open above).
+
+    Examples
+    --------
+    >>> src = find_files("sqlite:///loans.db?table=loans&index=id")      # doctest: +SKIP
+    >>> sql_pieces(src, 500_000)[0].describe("sql")                       # doctest: +SKIP
+    'partition 0 (sqlite:///loans.db?table=loans&index=id, id >= 1, < 500001)'
+    """
+    import math
+    import numbers
+
+    sql = source.sql
+    if not sql.rows:
+        return [Piece(0, source.url, 0, None, 0, names=(sql.index,))]
+    if not all(isinstance(v, numbers.Real) for v in (sql.low, sql.high)):
+        raise DataError(f"the index column {sql.index!r} of the {sql.what} at "
+                        f"{_shown(sql.connection)} holds {type(sql.low).__name__} values; "
+                        "scoring cuts the rows into ranges of a numeric index column: give "
+                        "one (e.g. an integer primary key) as index=")
+    n = max(1, min(math.ceil(sql.rows / partition_rows), 10_000))
+    step = (sql.high - sql.low) / n
+    integral = all(isinstance(v, numbers.Integral) for v in (sql.low, sql.high))
+    edges = [sql.low + (math.ceil(step * k) if integral else step * k) for k in range(n)]
+    edges = sorted(set(edges))
+    return [Piece(i, source.url, start, edges[i + 1] if i + 1 < len(edges) else None,
+                  names=(sql.index,))
+            for i, start in enumerate(edges)]
+
+
+def read_sql_piece(piece: Piece, columns: Sequence[str]) -> Any:
+    """The rows of one SQL piece (its index range), as a pandas DataFrame of ``columns``."""
+    import pandas as pd
+    import sqlalchemy as sa
+
+    sql = sql_parts(piece.file)
+    index = sa.column(sql.index)
+    query = sql.select(columns).where(index >= piece.start)
+    if piece.stop is not None:
+        query = query.where(index < piece.stop)
+    engine = sa.create_engine(sql.connection)
+    try:
+        with engine.connect() as conn:
+            return pd.read_sql(query.order_by(index), conn)[list(columns)]
+    finally:
+        engine.dispose()
 
 
 def _format_of(names: Sequence[str], url: str) -> str:
@@ -213,15 +323,7 @@ def csv_separator(name: str) -> str:
 def read_headers(source: Source, max_workers: int = 16) -> dict[str, dict[str, str]]:
     """{file: {column: type name}} for every file; CSV headers have no types (``""``)."""
     if source.sql is not None:  # typed by the database; coerced to the contract when read
-        import sqlalchemy as sa
-
-        engine = sa.create_engine(source.sql.connection)
-        try:
-            with engine.connect() as conn:
-                names = [c["name"] for c in sa.inspect(conn).get_columns(source.sql.table)]
-        finally:
-            engine.dispose()
-        return {source.url: dict.fromkeys(names, "")}
+        return {source.url: dict.fromkeys(source.sql.columns, "")}
 
     def reader(fs: Any, name: str) -> dict[str, str]:
         if source.format == "parquet":
@@ -442,14 +544,19 @@ _SKIPPED = "__mlpipe_skipped__"
 MAX_ABS = 3.4028234663852886e38
 
 
-def _read_sql(sql: SqlTable, keep: list[str]) -> Any:
-    """``dask.dataframe.read_sql_table``: partitions are ranges of the index column."""
+def _read_sql(sql: SqlSource, keep: list[str]) -> Any:
+    """dask's ``read_sql_table`` (a table) or ``read_sql_query`` (a query): partitions are
+    ranges of the index column."""
     import dask.dataframe as dd
 
     columns = [c for c in keep if c != sql.index]
     options = {"npartitions": sql.partitions} if sql.partitions else {}
-    ddf = dd.read_sql_table(sql.table, sql.connection, index_col=sql.index, columns=columns,
-                            **options)
+    if sql.table:
+        ddf = dd.read_sql_table(sql.table, sql.connection, index_col=sql.index,
+                                columns=columns, **options)
+    else:
+        ddf = dd.read_sql_query(sql.select([sql.index, *columns]), sql.connection,
+                                index_col=sql.index, **options)
     return ddf.reset_index()[keep] if sql.index in keep else ddf[keep]
 
 
@@ -552,21 +659,26 @@ def _compressed(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Piece:
-    """One input partition: a row-group range of a Parquet file or a byte range of a CSV file.
+    """One input partition: a row-group range of a Parquet file, a byte range of a CSV file,
+    or a range of a SQL source's index column (``file`` its URL).
 
-    ``stop``: the row group (Parquet) or byte (CSV) after the last; ``None`` for a whole
-    compressed CSV file.
+    ``stop``: the row group (Parquet), byte (CSV) or index value (SQL) after the last;
+    ``None`` for a whole compressed CSV file or the last SQL range (open above).
     """
 
     index: int
     file: str
-    start: int
-    stop: int | None
+    start: int | float
+    stop: int | float | None
     rows: int | None = None  # known for Parquet (from the footer)
     names: tuple[str, ...] | None = None  # CSV: the file's header (later blocks have none)
     encoding: str = "utf-8"  # CSV: the file's text encoding (Source.encoding)
 
     def describe(self, fmt: str) -> str:
+        if fmt == "sql":  # names: (the index column,)
+            index = (self.names or ("index",))[0]
+            upper = f", < {self.stop}" if self.stop is not None else ""
+            return f"partition {self.index} ({_shown(self.file)}, {index} >= {self.start}{upper})"
         if fmt == "parquet":
             last = (self.stop or 0) - 1
             groups = (f"row group {self.start}" if last == self.start
@@ -707,6 +819,8 @@ def read_piece(piece: Piece, fmt: str, columns: Sequence[str], *,
 
         fs = url_to_fs(piece.file, **dict(storage_options or {}))[0]
         return _read_parquet_piece(fs, piece, list(columns))
+    if fmt == "sql":
+        return read_sql_piece(piece, columns)
     return read_csv_piece(piece, columns, dtypes=dtypes, sep=sep,
                           storage_options=storage_options, hints="model")[0]
 

@@ -248,9 +248,11 @@ def plan_score(model_url: str, input_url: str, output_url: str, *,
     load.check_headers(headers, schema=None, required=[*id_columns, *predictor.feature_columns])
     columns = list(dict.fromkeys([*id_columns, *predictor.feature_columns]))
     extra = [c for c in next(iter(headers.values())) if c not in columns]
+    dtypes: dict[str, str] = {}  # Parquet and SQL: typed by the source
     if source.format == "parquet":
         pieces = load.parquet_pieces(source, partition_rows)
-        dtypes: dict[str, str] = {}
+    elif source.format == "sql":
+        pieces = load.sql_pieces(source, partition_rows)
     else:
         pieces = load.csv_pieces(source, blocksize, headers)
         # features: as the model's schema declares them; id columns: as the data holds them
@@ -261,8 +263,8 @@ def plan_score(model_url: str, input_url: str, output_url: str, *,
         "format": FORMAT, "run_id": bundle.run_id,
         "manifest_sha256": bundle.manifest["_sha256"], "input": source.fingerprint,
         "input_format": source.format, "id_columns": id_columns,
-        "partitioning": (["row_groups", partition_rows] if source.format == "parquet"
-                         else ["bytes", blocksize]),
+        "partitioning": {"parquet": ["row_groups", partition_rows], "csv": ["bytes", blocksize],
+                         "sql": ["index_ranges", partition_rows]}[source.format],
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     return Plan(model_url=model_url, run_id=bundle.run_id,
@@ -513,7 +515,8 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
     model_url
         ``<root>/models/<name>`` (its current version) or ``<root>/runs/<run_id>``.
     input_url
-        Any fsspec URL of CSV or Parquet files (a file, a directory or a glob).
+        Any fsspec URL of CSV or Parquet files (a file, a directory or a glob), or a SQL
+        source (``sqlite:///x.db?table=loans&index=id``, ``?query=SELECT...&index=id``).
     output_url
         A new or empty directory, or the output of a previous score.
     id_columns
@@ -522,7 +525,7 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
         ``auto`` (from the file names), ``csv`` or ``parquet``.
     partition_rows
         Parquet: row groups of one file are grouped into partitions of up to this many rows
-        (a row group is never split).
+        (a row group is never split). SQL: ranges of the index column of about this many rows.
     blocksize
         CSV: bytes per partition (``"64MiB"``); compressed files are one partition each.
     client
@@ -742,9 +745,10 @@ def _manifest(plan: Plan, stats: Mapping[int, Mapping[str, Any]],
         "input": {"url": plan.source.url, "format": plan.source.format,
                   "fingerprint": plan.source.fingerprint, "files": len(plan.source.files),
                   "bytes": plan.source.bytes, "partitions": len(plan.pieces),
-                  "partitioning": ({"row_groups_up_to_rows": plan.partition_rows}
-                                   if plan.source.format == "parquet"
-                                   else {"blocksize": plan.blocksize})},
+                  "partitioning": {
+                      "parquet": {"row_groups_up_to_rows": plan.partition_rows},
+                      "sql": {"index_ranges_of_about_rows": plan.partition_rows},
+                      "csv": {"blocksize": plan.blocksize}}[plan.source.format]},
         "output": plan.output,
         "id_columns": plan.id_columns,
         "columns": [*plan.id_columns, *plan.prediction_columns],
