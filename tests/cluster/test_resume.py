@@ -1,7 +1,9 @@
-"""The scheduler killed mid-run: the run fails in bounded time; the rerun resumes."""
+"""The scheduler killed mid-run: the run fails in bounded time; the rerun resumes and
+publishes the model an uninterrupted run of the same job trains (issue #17)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -23,7 +25,13 @@ def mlpipe(*args: str, log: Path) -> subprocess.Popen:
                             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
-@pytest.mark.timeout(480)
+def model_files(root: Path) -> dict[str, str]:
+    """{file name: sha256} of the published version's model files (model.ubj / .skops)."""
+    [run] = root.glob("runs/*")
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.glob("model.*")}
+
+
+@pytest.mark.timeout(600)
 def test_scheduler_killed_then_rerun_resumes(proc_cluster, tmp_path: Path,
                                              demo_dir: Path) -> None:
     out = tmp_path / "out"
@@ -66,6 +74,13 @@ def test_scheduler_killed_then_rerun_resumes(proc_cluster, tmp_path: Path,
         running.append(second)
         assert second.wait(timeout=240) == 0, (tmp_path / "second.log").read_text()[-3000:]
         rerun = time.monotonic() - started
+        # the same job, uninterrupted, on a cluster of the same shape: the same model
+        clean = tmp_path / "clean.yaml"
+        clean.write_text(yaml.safe_dump({**job, "output": str(tmp_path / "clean")}))
+        third = mlpipe("run", str(clean), "--scheduler", second_cluster.address,
+                       log=tmp_path / "clean.log")
+        running.append(third)
+        assert third.wait(timeout=240) == 0, (tmp_path / "clean.log").read_text()[-3000:]
     finally:
         for proc in running:  # never leave a driver behind, whatever failed above
             if proc.poll() is None:
@@ -76,5 +91,7 @@ def test_scheduler_killed_then_rerun_resumes(proc_cluster, tmp_path: Path,
     assert "xgboost: trained and evaluated by an earlier run" in text
     assert (out / "models" / "demo" / "latest.json").exists()
     assert not list(out.glob("stages/*"))  # published: the kept stages are gone
+    resumed, uninterrupted = model_files(out), model_files(tmp_path / "clean")
+    assert resumed and resumed == uninterrupted
     print(f"\nscheduler killed {killed - first_started:.1f} s into the run -> exit {rc} after "
           f"{took:.1f} s; the rerun resumed and published in {rerun:.1f} s")
