@@ -137,14 +137,27 @@ def is_storage_failure(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] in _STORAGE_MODULES
 
 
-def storage_message(url: str, stage: str, exc: BaseException) -> str:
+def storage_message(url: str, stage: str, exc: BaseException, can: str = "written") -> str:
     """The one paragraph of a :class:`~pipeline.errors.StorageError`: the stage, the URL, the
-    store's answer, what to check."""
+    store's answer, what to check (that the place exists and ``can`` be written or read)."""
     cause = " ".join(str(exc).split()) or type(exc).__name__
     return (f"{stage}: {url} failed after the storage client's retries ({type(exc).__name__}: "
-            f"{cause[:300]}). Check that the bucket or directory exists and is writable, and "
+            f"{cause[:300]}). Check that the bucket or directory exists and can be {can}, and "
             "the credentials and endpoint (AWS_ENDPOINT_URL_S3, storage_options); then rerun "
             "the same command: finished work is kept, and nothing partial was published")
+
+
+@contextlib.contextmanager
+def reading_data(url: str, stage: str) -> Iterator[None]:
+    """Turn a storage failure while the cluster reads the data at ``url`` (a file that went
+    away, a store that keeps failing) into a :class:`~pipeline.errors.StorageError` naming
+    ``url`` and ``stage``; bad data itself (:class:`~pipeline.load.DataError`) passes."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_storage_failure(exc):
+            raise
+        raise StorageError(storage_message(url, stage, exc, can="read")) from exc
 
 
 @contextlib.contextmanager

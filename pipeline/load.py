@@ -1217,6 +1217,13 @@ def load_training(job: JobSpec, planned: Training) -> Training:
     Rows sharing a window-feature key end up in one partition (window features see each key's
     whole history). The summary validates the target (:func:`summarize`).
     """
+    from pipeline.artifacts import reading_data
+
+    with reading_data(job.data.train, "read the training data"):
+        return _load_training(job, planned)
+
+
+def _load_training(job: JobSpec, planned: Training) -> Training:
     import dask
     from distributed import wait
 

@@ -53,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import did_you_mean
+from pipeline.errors import StorageError, did_you_mean
 from pipeline.load import DataError, Piece, pieces_meta, read_piece
 from pipeline.monitor import DRIFT, PROFILE, binnings, drift_report, merge, sketch_frame
 
@@ -342,6 +342,11 @@ def _read_piece(piece: Piece, plan: Mapping[str, Any]) -> Any:
     except DataError:
         raise  # names its file, column and line already
     except Exception as exc:
+        from pipeline.artifacts import is_storage_failure, storage_message
+
+        if is_storage_failure(exc):
+            where = f"read {piece.describe(plan['format'])}"
+            raise StorageError(storage_message(piece.file, where, exc, can="read")) from exc
         raise ScoreError(f"cannot read {piece.describe(plan['format'])}: "
                          f"{type(exc).__name__}: {exc}") from exc
     frame.attrs[_PIECE_ATTR] = piece

@@ -156,6 +156,32 @@ def test_a_missing_bucket_fails_before_any_compute(s3_server: str, tmp_path: Pat
     assert not (tmp_path / "new").exists()
 
 
+def test_a_failing_data_read_names_the_data_url_and_the_stage(
+        fault_proxy: FaultProxy, bucket: str, demo_dir: Path, client: object,
+        tmp_path: Path) -> None:
+    """Planned without faults, then every S3 request of the workers' reads fails: the run
+    stops with a StorageError (exit 6) naming the data URL, not a bare OSError."""
+    import s3fs
+
+    from pipeline import load
+    from tests.cluster.conftest import lean_job
+
+    data = f"{bucket}/data"
+    s3fs.S3FileSystem(skip_instance_cache=True).put(
+        [str(p) for p in sorted(demo_dir.glob("*.parquet"))], data + "/")
+    options = through(fault_proxy, retries={"max_attempts": 1, "mode": "standard"})
+    job = _load(tmp_path, lean_job(data, str(tmp_path / "out"), storage_options=options))
+    planned = load.plan_training(job)
+    fault_proxy.set_rate(1.0, actions=("500",))
+    with pytest.raises(StorageError) as failed:
+        load.load_training(job, planned)
+    fault_proxy.set_rate(0)
+    text = str(failed.value)
+    assert text.startswith(f"read the training data: {data} failed after the storage "
+                           "client's retries"), text
+    assert "can be read" in text and fault_proxy.injected["500"] > 0
+
+
 @pytest.mark.slow
 def test_run_and_score_check_the_output_first(client: object, s3_server: str,
                                               tmp_path: Path) -> None:
