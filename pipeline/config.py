@@ -297,8 +297,8 @@ class SearchSpec(_Spec):
     #: each family's practitioner search space (``pipeline.models.auto_space``) under those the
     #: job fixes, searched by successive halving in brackets until ``time_budget`` is spent.
     method: Literal["auto", "grid", "random", "halving"] = "grid"
-    #: seconds the auto search may spend (null: 20 s plus 3 minutes per million training rows,
-    #: at most an hour; printed when the search starts). Checked between brackets: a bracket
+    #: seconds the auto search may spend (null: 5 s, rising to 20 s at 20,000 training rows,
+    #: plus 3 minutes per million training rows, at most an hour; printed when it starts). Checked between brackets: a bracket
     #: starts only when the time left is at least what the last one took.
     time_budget: float | None = Field(None, gt=0)
     #: the auto search tries exactly this many candidates per family instead (brackets of 9),

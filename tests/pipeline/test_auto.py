@@ -58,7 +58,8 @@ def test_every_auto_space_is_a_valid_parameter_block() -> None:
 
 def test_the_budget_grows_with_the_rows_and_can_be_set() -> None:
     job = spec()
-    assert time_budget(job, 500) == pytest.approx(20.09)
+    assert time_budget(job, 500) == pytest.approx(5.0 + 0.375 + 0.09)
+    assert time_budget(job, 20_000) == pytest.approx(23.6)
     assert time_budget(job, 1_000_000) == pytest.approx(200.0)
     assert time_budget(job, 10**9) == 3600.0
     assert time_budget(spec(search={"time_budget": 7.5}), 10**6) == 7.5
