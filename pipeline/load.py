@@ -1175,13 +1175,20 @@ class Training:
     """A job's training data: where it came from, the frame, and what its columns are."""
 
     source: Source
-    frame: Any  # lazy after plan_training; persisted (and checked) after load_training
+    #: lazy after plan_training; persisted (and checked) after load_training; its empty
+    #: pandas meta after :meth:`release_rows`
+    frame: Any
     columns: list[str]  # read from the files
     feature_columns: list[str]  # model inputs (and window context)
     summary: Summary | None = None
     duplicates: int = 0  # exact duplicate rows removed (preprocess.dedupe)
     #: malformed CSV lines skipped (data.bad_lines: skip): lazy after plan_training
     bad_lines: Any = 0
+
+    def release_rows(self) -> None:
+        """Let the cluster forget the loaded rows once the split's persisted sides hold them
+        (:func:`pipeline.split.split_job`); the columns and dtypes stay (the frame's meta)."""
+        self.frame = self.frame._meta
 
 
 def plan_training(job: JobSpec) -> Training:

@@ -127,6 +127,7 @@ def continue_champion(job: JobSpec, client: Client, *, publish: bool = True,
     training = load.load_training(job, load.plan_training(job))
     classes = training.summary.classes
     parts = split.split_job(training.frame, job, training.summary.time_cutoff)
+    training.release_rows()  # the persisted sides hold them now
     lap("load", f"warm start of {champion_bundle.run_id} on {training.summary.rows:,} rows of "
                 f"{job.data.train}")
     X_train, y_train, X_valid, y_valid, rows = _features(champion, job, parts, classes, client)

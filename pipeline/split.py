@@ -105,7 +105,7 @@ def _with_fold(df: Any, **kwargs: Any) -> Any:
 
 @dataclass
 class Parts:
-    """The three sides of a job's split (lazy dask frames, without the fold column)."""
+    """The three sides of a job's split (persisted dask frames, without the fold column)."""
 
     train: Any
     valid: Any
@@ -113,19 +113,29 @@ class Parts:
 
 
 def split_job(ddf: Any, job: JobSpec, cutoff: Any = None) -> Parts:
-    """The job's train / validation / holdout split (``data.split``) of ``ddf``.
+    """The job's train / validation / holdout split (``data.split``) of ``ddf``, persisted.
+
+    One pass computes every row's fold and keeps the three sides in the cluster's memory
+    (together the size of ``ddf``, which the caller may then release): every later stage
+    reads them from there. Lazy sides cost the fold hashing and filtering again in every
+    compute that touches them (issue #18, the demo on 1M rows: preprocessing 19.4 s -> 9.8 s,
+    the drift profile 11.2 s -> 9.0 s).
 
     ``cutoff``: the time that starts the holdout when ``data.split.by`` names a time column
     (:attr:`pipeline.load.Summary.time_cutoff`).
     """
+    import dask
+    from distributed import wait
+
     data = job.data
     framed = assign_folds(ddf, target=data.target, task=data.task, holdout=data.split.holdout,
                           validation=data.split.validation, seed=data.split.seed,
                           stratify=data.split.stratify, time_column=data.split.by,
                           cutoff=cutoff)
-    side = {code: framed[framed[FOLD] == code].drop(columns=[FOLD])
-            for code in (TRAIN, VALID, HOLDOUT)}
-    return Parts(train=side[TRAIN], valid=side[VALID], holdout=side[HOLDOUT])
+    sides = dask.persist(*(framed[framed[FOLD] == code].drop(columns=[FOLD])
+                           for code in (TRAIN, VALID, HOLDOUT)))
+    wait(list(sides))
+    return Parts(*sides)
 
 
 def sample_rows(frame: Any, rows: int, seed: int) -> Any:

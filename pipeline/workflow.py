@@ -187,6 +187,7 @@ def _stages(job: JobSpec, client: Client, watch: Stopwatch,
                        job.storage_options)
     classes = training.summary.classes
     parts = split.split_job(training.frame, job, training.summary.time_cutoff)
+    training.release_rows()  # the persisted sides hold them now
     prefix = steps.fit_prefix(job, parts, training.feature_columns, classes, client)
     rows = prefix.rows
     watch.lap("preprocess", f"split {rows['train']:,} train / {rows['valid']:,} validation / "
