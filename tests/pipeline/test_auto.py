@@ -12,6 +12,7 @@ from pipeline.models import AUTO, FAMILIES, auto_space, check_params
 from pipeline.select import (
     BRACKET,
     CANDIDATES_PER_PARAMETER,
+    TimeBudget,
     search_auto,
     slower_boosting,
     split_grid,
@@ -63,6 +64,21 @@ def test_the_budget_grows_with_the_rows_and_can_be_set() -> None:
     assert time_budget(job, 1_000_000) == pytest.approx(200.0)
     assert time_budget(job, 10**9) == 3600.0
     assert time_budget(spec(search={"time_budget": 7.5}), 10**6) == 7.5
+
+
+def test_boosting_keeps_its_share_when_a_family_before_it_overran() -> None:
+    """The first bracket of a family always runs, so a slow one can overrun its allowance
+    (a random forest on California housing: 42 s of a 19 s budget); XGBoost, searched last,
+    still gets its 60 %."""
+    job = spec(models={"logistic_regression": {}, "random_forest": {}, "xgboost": {}},
+               search={"method": "auto", "time_budget": 10})
+    clock = TimeBudget(job, 1000)
+    assert clock.order == ["logistic_regression", "random_forest", "xgboost"]
+    assert clock.allowance("logistic_regression") == pytest.approx(2.0)
+    clock.spend("logistic_regression", 1.0)  # 1 s left over: the next family gets it
+    assert clock.allowance("random_forest") == pytest.approx(9.0 * 0.2 / 0.8)
+    clock.spend("random_forest", 20.0)  # overran
+    assert clock.allowance("xgboost") == pytest.approx(6.0)
 
 
 def test_a_boosting_winner_is_refit_slower_with_room_for_its_rounds() -> None:
