@@ -251,7 +251,7 @@ def sql_pieces(source: Source, partition_rows: int) -> list[Piece]:
     --------
     >>> src = find_files("sqlite:///loans.db?table=loans&index=id")      # doctest: +SKIP
     >>> sql_pieces(src, 500_000)[0].describe("sql")                       # doctest: +SKIP
-    'partition 0 (sqlite:///loans.db?table=loans&index=id, id >= 1, < 500001)'
+    'partition 0 (sqlite:///loans.db, id >= 1, < 500001)'
     """
     import math
     import numbers
@@ -671,11 +671,12 @@ class Piece:
     start: int | float
     stop: int | float | None
     rows: int | None = None  # known for Parquet (from the footer)
-    names: tuple[str, ...] | None = None  # CSV: the file's header (later blocks have none)
+    #: CSV: the file's header (later blocks have none); SQL: (the index column,)
+    names: tuple[str, ...] | None = None
     encoding: str = "utf-8"  # CSV: the file's text encoding (Source.encoding)
 
     def describe(self, fmt: str) -> str:
-        if fmt == "sql":  # names: (the index column,)
+        if fmt == "sql":
             index = (self.names or ("index",))[0]
             upper = f", < {self.stop}" if self.stop is not None else ""
             return f"partition {self.index} ({_shown(self.file)}, {index} >= {self.start}{upper})"

@@ -118,8 +118,8 @@ def split_job(ddf: Any, job: JobSpec, cutoff: Any = None) -> Parts:
     One pass computes every row's fold and keeps the three sides in the cluster's memory
     (together the size of ``ddf``, which the caller may then release): every later stage
     reads them from there. Lazy sides cost the fold hashing and filtering again in every
-    compute that touches them (issue #18, the demo on 1M rows: preprocessing 19.4 s -> 9.8 s,
-    the drift profile 11.2 s -> 9.0 s).
+    compute that touches them (issue #18, the demo on 1M rows: preprocessing 19.4 s -> 8.4 s,
+    the drift profile 11.2 s -> 8.6 s).
 
     ``cutoff``: the time that starts the holdout when ``data.split.by`` names a time column
     (:attr:`pipeline.load.Summary.time_cutoff`).
