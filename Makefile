@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ROWS   ?= 1000000
 PYTEST_ARGS ?=
+# pytest processes for make test; a module's tests stay together (its fixtures start once)
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install run demo-data test test-fast bench lint format clean
@@ -31,10 +33,10 @@ run: install demo-data  ## install, generate the demo data and run examples/demo
 	$(BIN)/mlpipe run examples/demo.yaml
 
 test: install  ## install and run the test suite (starts its own clusters and S3 server)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test-fast: install  ## the tests not marked slow
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow" $(PYTEST_ARGS)
 
 bench: install  ## run benchmarks/ and print one table (SCALE=0.1 for a quick look)
 	$(BIN)/python -m benchmarks --scale $(or $(SCALE),1.0)
