@@ -70,6 +70,11 @@ _IN_PLACE = {"log1p", "yeo_johnson", "box_cox"}
 _PAIRWISE = {"ratio", "product", "difference", "sum"}
 
 
+def learns(spec: Mapping[str, Any]) -> bool:
+    """Whether the feature learns from the training rows (see the table above)."""
+    return spec["kernel"] in _STATEFUL
+
+
 class KernelFeatures(TransformerMixin, BaseEstimator):
     """Apply the job's feature kernels (see the module docstring for the table).
 
@@ -109,7 +114,7 @@ class KernelFeatures(TransformerMixin, BaseEstimator):
         # features leave it (bins of log1p(x) are learned on log1p(x)). Stateful features that
         # do not read a column rewritten by another unfitted one are fitted together, in one
         # round: usually all of them.
-        todo = [i for i, s in enumerate(specs) if s["kernel"] in _STATEFUL]
+        todo = [i for i, s in enumerate(specs) if learns(s)]
         while todo:
             ready = [i for i in todo
                      if not any(j < i and _writes(specs[j]) & _reads(specs[i]) for j in todo)]

@@ -46,6 +46,29 @@ def _call(df: Any, func: Callable[[Any], Any]) -> Any:
     return func(df)
 
 
+def with_column(X: Any, name: str, values: Any) -> Any:
+    """``X`` with ``values`` as column ``name``; ``values`` is cut like ``X`` (the same rows
+    in the same partitions, e.g. the target of the frame ``X`` was made from).
+
+    On dask the partitions are paired by position. dask's ``assign`` of a Series from another
+    collection with unknown divisions aligns the two by a shuffle (seen: 3.9 s of worker time
+    on the demo's 720,000 training rows, for rows already side by side).
+    """
+    if not is_dask(X):
+        return X.assign(**{name: np.asarray(values)})
+    if X.npartitions != values.npartitions:
+        raise ValueError(f"{name}: {values.npartitions} partitions for a frame of "
+                         f"{X.npartitions}; they must be cut alike")
+    meta = X._meta.assign(**{name: values._meta.to_numpy()})
+    return X.map_partitions(_with_column, values, name, meta=meta)
+
+
+def _with_column(df: Any, values: Any, name: str) -> Any:
+    if len(values) != len(df):
+        raise ValueError(f"{name}: {len(values)} values for a partition of {len(df)} rows")
+    return df.assign(**{name: np.asarray(values)})
+
+
 def compute(*values: Any) -> tuple[Any, ...]:
     """One ``dask.compute`` for lazy values (nested in dicts, lists, tuples); pandas passes.
 

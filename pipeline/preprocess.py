@@ -32,7 +32,15 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import Tags
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from pipeline.frames import apply, compute, is_dask, meta_of, reduce_partitions, row_hash
+from pipeline.frames import (
+    apply,
+    compute,
+    is_dask,
+    meta_of,
+    reduce_partitions,
+    row_hash,
+    with_column,
+)
 from pipeline.frames import value_counts as _value_counts
 
 #: the label given to pooled rare levels (native, ordinal, onehot).
@@ -168,11 +176,15 @@ def exact_quantiles(X: Any, wanted: Mapping[str, Sequence[float]]) -> dict[str, 
     columns = [c for c in wanted if len(wanted[c])]
     if not columns:
         return {}
-    (counts,) = compute({c: X[c].count() for c in columns})
-    ranks = {c: _ranks(int(counts[c]), wanted[c]) for c in columns}
+    # the first pass: every column's top 16 bits; its total is the column's count
+    top = tuple((c, 0, 0) for c in columns)
+    (first,) = compute(reduce_partitions(X[columns], lambda df: _histograms(df, top),
+                                         _merge_histograms))
+    counts = {c: int(first[(c, 0, 0)][1].sum()) for c in columns}
     # per (column, rank): [prefix, known bits, rank inside the bucket, bucket size]
-    state = {(c, r): [0, 0, r, int(counts[c])] for c in columns for r in ranks[c]}
+    state = {(c, r): [0, 0, r, counts[c]] for c in columns for r in _ranks(counts[c], wanted[c])}
     found: dict[tuple[str, int], float] = {}
+    _descend(state, found, {"hist": first})
     while len(found) < len(state):
         open_ = {k: v for k, v in state.items() if k not in found}
         collect = sorted({(c, p, b) for (c, _), (p, b, _, n) in open_.items() if n <= _COLLECT})
@@ -187,20 +199,7 @@ def exact_quantiles(X: Any, wanted: Mapping[str, Sequence[float]]) -> dict[str, 
                 X[sorted({c for c, _, _ in collect})],
                 lambda df, v=tuple(collect): _bucket_values(df, v), _merge_values)
         (got,) = compute(lazy)
-        for key, (prefix, bits, rank, size) in open_.items():
-            request = (key[0], prefix, bits)
-            if size <= _COLLECT:
-                found[key] = float(np.sort(got["values"][request])[rank])
-                continue
-            digits, cnt = got["hist"][request]
-            cum = np.cumsum(cnt)
-            i = int(np.searchsorted(cum, rank, side="right"))
-            below = int(cum[i - 1]) if i else 0
-            bits += _DIGIT_BITS
-            prefix |= int(digits[i]) << (64 - bits)
-            state[key] = [prefix, bits, rank - below, int(cnt[i])]
-            if bits == 64:
-                found[key] = float(_from_key(np.array([prefix], dtype=np.uint64))[0])
+        _descend(state, found, got)
     out = {}
     for c in columns:
         n = int(counts[c])
@@ -215,6 +214,26 @@ def exact_quantiles(X: Any, wanted: Mapping[str, Sequence[float]]) -> dict[str, 
             values.append(lo if frac == 0 or lo == hi else lo + (hi - lo) * frac)
         out[c] = np.array(values, dtype=np.float64)
     return out
+
+
+def _descend(state: dict, found: dict, got: Mapping[str, dict]) -> None:
+    """One pass's answers: each open order statistic's value, or its next 16-bit bucket."""
+    for key, (prefix, bits, rank, _) in list(state.items()):
+        if key in found:
+            continue
+        request = (key[0], prefix, bits)
+        if request in got.get("values", {}):
+            found[key] = float(np.sort(got["values"][request])[rank])
+            continue
+        digits, cnt = got["hist"][request]
+        cum = np.cumsum(cnt)
+        i = int(np.searchsorted(cum, rank, side="right"))
+        below = int(cum[i - 1]) if i else 0
+        bits += _DIGIT_BITS
+        prefix |= int(digits[i]) << (64 - bits)
+        state[key] = [prefix, bits, rank - below, int(cnt[i])]
+        if bits == 64:
+            found[key] = float(_from_key(np.array([prefix], dtype=np.uint64))[0])
 
 
 def _ranks(n: int, quantiles: Sequence[float]) -> set[int]:
@@ -408,13 +427,10 @@ class ColumnCleaner(TransformerMixin, BaseEstimator):
     def fit(self, X: Any, y: Any = None) -> ColumnCleaner:
         X = validate_frame(self, X, reset=True)
         meta = meta_of(X)
-        numbers = numeric_columns(meta)
-        lazy = {"count": {c: X[c].count() for c in meta.columns},
-                "min": {c: X[c].min() for c in numbers},
-                "max": {c: X[c].max() for c in numbers},
-                "levels": {c: _value_counts(as_text_lazy(X[c])).shape[0]
-                           for c in categorical_columns(meta)}}
-        (got,) = compute(lazy)
+        numbers, texts = numeric_columns(meta), categorical_columns(meta)
+        # one task per partition for every column (dask's own reductions: three per column)
+        (got,) = compute(reduce_partitions(
+            X, lambda df: _column_stats(df, numbers, texts), _merge_column_stats))
         dropped = []
         for c in meta.columns:
             if c in set(self.protect):  # named elsewhere in the job: keep, the job decides
@@ -423,7 +439,7 @@ class ColumnCleaner(TransformerMixin, BaseEstimator):
                 dropped.append({"column": c, "reason": "all values missing"})
             elif self.drop_constant and c in got["min"] and got["min"][c] == got["max"][c]:
                 dropped.append({"column": c, "reason": f"constant ({got['min'][c]})"})
-            elif self.drop_constant and c in got["levels"] and int(got["levels"][c]) <= 1:
+            elif self.drop_constant and c in got["levels"] and len(got["levels"][c]) <= 1:
                 dropped.append({"column": c, "reason": "a single level"})
         self.dropped_ = dropped
         drop = {d["column"] for d in dropped}
@@ -441,6 +457,29 @@ class ColumnCleaner(TransformerMixin, BaseEstimator):
 
     def __sklearn_tags__(self) -> Tags:
         return frame_tags(super().__sklearn_tags__())
+
+
+def _column_stats(df: pd.DataFrame, numbers: list[str], texts: list[str]) -> dict[str, dict]:
+    """Per column: values present; min and max of numbers; up to two levels of text."""
+    return {"count": {c: int(n) for c, n in df.count().items()},
+            "min": {c: float(v) for c, v in df[numbers].min().items()},
+            "max": {c: float(v) for c, v in df[numbers].max().items()},
+            "levels": {c: set(as_text(df[c]).dropna().unique()[:2]) for c in texts}}
+
+
+def _merge_column_stats(*parts: dict[str, dict]) -> dict[str, dict]:
+    first, *rest = parts
+    out = {k: dict(v) for k, v in first.items()}
+    for part in rest:
+        for c, n in part["count"].items():
+            out["count"][c] += n
+        for c, v in part["min"].items():
+            out["min"][c] = float(np.fmin(out["min"][c], v))
+        for c, v in part["max"].items():
+            out["max"][c] = float(np.fmax(out["max"][c], v))
+        for c, levels in part["levels"].items():
+            out["levels"][c] = set(sorted(out["levels"][c] | levels)[:2])
+    return out
 
 
 def as_text_lazy(series: Any) -> Any:
@@ -891,11 +930,7 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
 
     def _apply(self, X: Any, y: Any, oof: Mapping[str, Any]) -> Any:
         if oof:
-            if is_dask(X):
-                frame = X.assign(__target__=y)
-            else:
-                frame = X.assign(__target__=np.asarray(y))
-            return apply(frame, lambda df: self._transform(df.drop(columns="__target__"),
+            return apply(with_column(X, "__target__", y), lambda df: self._transform(df.drop(columns="__target__"),
                                                            oof, fold_source=df))
         return apply(X, lambda df: self._transform(df, {}, None))
 
@@ -995,7 +1030,7 @@ def _target_statistics(X: Any, y: Any, columns: list[str], vocab: Mapping[str, n
     """Per column: (sums[k_folds, k_out, n_levels], counts[k_folds, n_levels]), lazily."""
     import kernels
 
-    frame = X.assign(__target__=y) if is_dask(X) else X.assign(__target__=np.asarray(y))
+    frame = with_column(X, "__target__", y)
 
     def chunk(df: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
         spec = encodings[column]

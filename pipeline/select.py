@@ -221,6 +221,7 @@ def search_full(job: JobSpec, params: Mapping[str, Any], prefix: Prefix,
     from sklearn.pipeline import Pipeline
 
     from pipeline.evaluate import evaluate_predictions
+    from pipeline.frames import with_column
     from pipeline.models import defaults
     from pipeline.steps import tail_steps
     from pipeline.train import fit_xgboost
@@ -240,7 +241,7 @@ def search_full(job: JobSpec, params: Mapping[str, Any], prefix: Prefix,
                           early_stopping_rounds=job.train.early_stopping_rounds,
                           seed=search.seed, client=client)
         [booster] = client.scatter([fit.booster], broadcast=True, hash=False)
-        frame = T_valid.assign(__y__=y_valid)
+        frame = with_column(T_valid, "__y__", y_valid)
         scored = frame.map_partitions(_score_partition, booster, task, n_classes,
                                       meta=_score_partition(frame._meta, fit.booster, task,
                                                             n_classes))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.features import KernelFeatures, check_features
+from pipeline.features import KernelFeatures, check_features, learns
 from pipeline.preprocess import (
     CategoricalEncoder,
     ColumnCleaner,
@@ -170,7 +170,12 @@ def fit_prefix(job: JobSpec, parts: Parts, feature_columns: Sequence[str],
                classes: Sequence[Any] | None, client: Client) -> Prefix:
     """Fit the shared prefix on the training rows; transform and persist train and valid.
 
-    ``fit_transform``: the target encodings of the training rows themselves are out-of-fold.
+    The steps are fitted in order, each with ``fit_transform`` (the target encodings of the
+    training rows themselves are out-of-fold). A step that learns from the rows is fitted on
+    its input persisted: its passes (exact quantiles take a few) read the output of the steps
+    before it from memory instead of recomputing them in every pass (issue #18: the demo's
+    prefix on 180,000 training rows, 2.7 s -> see the closing note). The intermediate frames
+    are released as the next one replaces them.
     """
     import dask
     from distributed import wait
@@ -178,7 +183,13 @@ def fit_prefix(job: JobSpec, parts: Parts, feature_columns: Sequence[str],
 
     prefix = Pipeline(prefix_steps(job, feature_columns, len(classes) if classes else None))
     y_train, y_valid = target(parts.train, job, classes), target(parts.valid, job, classes)
-    X_train = prefix.fit_transform(parts.train, y_train)
+    X_train, persisted = parts.train, True
+    for _, step in prefix.steps:
+        if not persisted and _reads_rows(step):
+            X_train = client.persist(X_train)
+            wait(X_train)
+        X_train = step.fit_transform(X_train, y_train)
+        persisted = False
     X_valid = prefix.transform(parts.valid)
     X_train, y_train, X_valid, y_valid = client.persist([X_train, y_train, X_valid, y_valid])
     wait([X_train, y_train, X_valid, y_valid])
@@ -186,3 +197,13 @@ def fit_prefix(job: JobSpec, parts: Parts, feature_columns: Sequence[str],
                                                parts.holdout.shape[0])
     return Prefix(prefix, X_train, y_train, X_valid, y_valid,
                   rows={"train": int(n_train), "valid": int(n_valid), "holdout": int(n_holdout)})
+
+
+def _reads_rows(step: Any) -> bool:
+    """Whether fitting ``step`` computes over the rows (the schema looks at the columns only,
+    and features without a learned table learn nothing)."""
+    if isinstance(step, InputSchema):
+        return False
+    if isinstance(step, KernelFeatures):
+        return any(learns(f) for f in step.features)
+    return True

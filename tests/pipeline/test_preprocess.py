@@ -104,8 +104,9 @@ def dask_equals_pandas(make: Any, df: pd.DataFrame, y: np.ndarray | None = None,
 # --------------------------------------------------------------------------- exact quantiles
 
 
-def test_exact_quantiles_match_numpy_on_dask_and_pandas() -> None:
-    df = frame(20_000)
+@pytest.mark.parametrize("n", [20_000, 70_000])  # the second descends by histograms first
+def test_exact_quantiles_match_numpy_on_dask_and_pandas(n: int) -> None:
+    df = frame(n)
     df["ties"] = np.round(df["x"], 0)  # heavy ties: selection goes deep into the keys
     df["neg"] = -df["big"]
     qs = [0.0, 0.001, 0.25, 0.5, 0.75, 0.999, 1.0]
