@@ -173,9 +173,9 @@ def fit_prefix(job: JobSpec, parts: Parts, feature_columns: Sequence[str],
     The steps are fitted in order, each with ``fit_transform`` (the target encodings of the
     training rows themselves are out-of-fold). A step that learns from the rows is fitted on
     its input persisted: its passes (exact quantiles take a few) read the output of the steps
-    before it from memory instead of recomputing them in every pass (issue #18: the demo's
-    prefix on 180,000 training rows, 2.7 s -> see the closing note). The intermediate frames
-    are released as the next one replaces them.
+    before it from memory instead of recomputing them in every pass. The intermediate frames
+    are released as the next one replaces them (memory: the training rows, one intermediate
+    copy and the one being made).
     """
     import dask
     from distributed import wait
