@@ -620,7 +620,10 @@ def _check_finite(values: Any, column: str, where: str, first_line: int | None) 
     (README, "Bad input"). ``first_line``: the file line of the first value, if known."""
     import numpy as np
 
-    array = values.to_numpy(dtype="float64", na_value=np.nan)
+    if isinstance(values.dtype, np.dtype):  # numpy floats: a view, checked in their own type
+        array = values.to_numpy()  # (float32 holds nothing beyond +-3.4e38 but infinity)
+    else:  # pandas' nullable Float32/Float64
+        array = values.to_numpy(dtype="float64", na_value=np.nan)
     bad = np.abs(array) > MAX_ABS  # NaN compares False: missing values are fine
     if not bad.any():
         return
