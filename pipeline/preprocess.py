@@ -930,8 +930,9 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
 
     def _apply(self, X: Any, y: Any, oof: Mapping[str, Any]) -> Any:
         if oof:
-            return apply(with_column(X, "__target__", y), lambda df: self._transform(df.drop(columns="__target__"),
-                                                           oof, fold_source=df))
+            return apply(with_column(X, "__target__", y),
+                         lambda df: self._transform(df.drop(columns="__target__"), oof,
+                                                    fold_source=df))
         return apply(X, lambda df: self._transform(df, {}, None))
 
     def _transform(self, df: pd.DataFrame, oof: Mapping[str, Any],
