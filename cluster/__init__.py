@@ -34,6 +34,10 @@ class ClusterError(RuntimeError):
     """The cluster could not be reached, has no workers, or runs other package versions."""
 
 
+class SchedulerLostError(ConnectionError):
+    """The connection to the scheduler closed while work inside :func:`connect` ran."""
+
+
 class InsecureClusterWarning(UserWarning):
     """A plain-TCP connection to a scheduler that is not on this machine."""
 
@@ -177,7 +181,7 @@ def connect(spec: Mapping[str, Any] | None = None, *, address: str | None = None
         try:
             yield client
         except Exception as exc:
-            clear = explain(exc, choice.target)
+            clear = explain(exc, choice.target) or _lost(client, exc, choice)
             if clear is None:
                 raise
             raise clear from exc
@@ -398,6 +402,21 @@ def explain(exc: BaseException, target: str = "unnamed") -> ClusterError | None:
                 "see why they exited (their logs, the scheduler's log), then run it again")
         current = current.__cause__ or current.__context__
     return None
+
+
+def _lost(client: Any, exc: BaseException, choice: Choice) -> SchedulerLostError | None:
+    """The error to raise when ``exc`` came after the client lost its scheduler, else None.
+
+    Only our own exit closes the client, so a client not running inside the block lost its
+    scheduler (it tried to reconnect for ``cluster.timeout``, then closed itself). What
+    failed then is whatever asked for the client next, with a message that need not mention
+    the scheduler (``No global client found``): the client's state is the evidence.
+    """
+    if client.status == "running":
+        return None
+    return SchedulerLostError(
+        f"the client's connection to the scheduler ({choice}) closed while the work ran "
+        f"(client {client.status}; then {type(exc).__name__}: {exc})")
 
 
 def check_package_versions(client: Any, packages: tuple[str, ...] = VERSION_CHECKED) -> None:

@@ -168,7 +168,8 @@ def lost_scheduler(exc: BaseException) -> bool:
     chain = _chain(exc)
     names = {type(e).__name__ for e in chain}
     text = " ".join(str(e) for e in chain).lower()
-    if "CommClosedError" in names or any(isinstance(e, asyncio.CancelledError) for e in chain):
+    if names & {"CommClosedError", "SchedulerLostError"} or any(
+            isinstance(e, asyncio.CancelledError) for e in chain):
         return True
     return ("FutureCancelledError" in names and ("connection" in text or "scheduler" in text)) \
         or ("not running" in text and "client" in text)

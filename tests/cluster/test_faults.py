@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 from distributed import WorkerPlugin
 
+import cluster
 from tests.cluster.conftest import ProcCluster, Reference, lean_job, predictions_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -126,7 +127,6 @@ def test_no_workers_left_fails_within_the_timeout(demo_dir: Path, tmp_path: Path
     restart it): the run fails within the job's ``no-workers-timeout``, saying so."""
     import psutil
 
-    import cluster
     from pipeline.config import load_job
     from pipeline.workflow import run
 
@@ -158,6 +158,28 @@ def test_no_workers_left_fails_within_the_timeout(demo_dir: Path, tmp_path: Path
     print(f"failed {waited:.1f} s after the last worker exited (timeout 3 s)")
     _, alive = psutil.wait_procs(list(_descendants() - before), timeout=30)
     assert not alive, f"processes outlived the test: {alive}"
+
+
+@pytest.mark.timeout(120)
+def test_a_lost_scheduler_is_named_whatever_asks_for_the_client_next(proc_cluster) -> None:
+    """Killed between two stages: the client reconnects for ``cluster.timeout``, then closes
+    itself, and the next stage's ``get_client()`` fails with a message about no client at all
+    (seen in CI after the gate). ``connect`` says what happened: the scheduler was lost."""
+    from distributed import get_client
+
+    pc = proc_cluster(workers=1, nthreads=1)
+    with pytest.raises(cluster.SchedulerLostError, match="closed while the work ran") as info:
+        with cluster.connect({"timeout": "3s"}, address=pc.address) as client:
+            pc.scheduler.send_signal(signal.SIGKILL)
+            pc.scheduler.wait(timeout=30)
+            deadline = time.monotonic() + 60
+            while client.status != "closed" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            get_client()  # what the next stage does
+    assert "No global client found" in str(info.value)
+    from pipeline.cli import lost_scheduler
+
+    assert lost_scheduler(info.value)
 
 
 def _descendants() -> set:
