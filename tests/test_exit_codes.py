@@ -85,7 +85,10 @@ def test_interrupted_run_exits_130(client, tmp_path: Path, demo_dir: Path) -> No
     log = (tmp_path / "err.log").open("w+")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run",
                              str(tmp_path / "job.yaml"), "--scheduler",
-                             client.scheduler.address], stderr=log, stdout=subprocess.DEVNULL)
+                             client.scheduler.address], stderr=log, stdout=subprocess.DEVNULL,
+                            # a suite started in the background (`pytest &` in a script) ignores
+                            # SIGINT, and its children inherit that: give the run the default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while "loaded" not in (tmp_path / "err.log").read_text():
