@@ -316,10 +316,11 @@ def _reference_part(df: pd.DataFrame, binning: Binning) -> dict[str, Any]:
 def _holdout_part(df: pd.DataFrame, predictor: Predictor, inputs: Binning,
                   outputs: Binning) -> dict[str, Any]:
     """Sketch of one holdout partition: its inputs, the model's outputs and the per-row loss
-    moments of the quality baseline."""
-    pred = predictor.predict_frame(df)
-    return {"inputs": sketch_frame(df, inputs), "outputs": sketch_frame(pred, outputs),
-            "moments": moments(predictor.evaluation_frame(df), predictor.task)}
+    moments of the quality baseline (the rows transformed and predicted once)."""
+    evaluation = predictor.evaluation_frame(df)
+    return {"inputs": sketch_frame(df, inputs),
+            "outputs": sketch_frame(_predictions(evaluation, predictor), outputs),
+            "moments": moments(evaluation, predictor.task)}
 
 
 def reference_profile(job: JobSpec, parts: Parts, predictor: Predictor, holdout: Mapping[str, Any],
