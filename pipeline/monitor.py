@@ -447,7 +447,9 @@ def _as_top(sketch: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str
     top = [int(levels.get(k, 0)) for k in reference["levels"]]
     present = sketch["rows"] - sketch["missing"]
     known = reference.get("known")
-    unseen = None if known is None else sum(v for k, v in levels.items() if k not in set(known))
+    if known is not None:
+        known = set(known)  # once: a text column can have 100,000s of levels
+    unseen = None if known is None else sum(v for k, v in levels.items() if k not in known)
     return {"counts": [*top, present - sum(top)], "missing": sketch["missing"],
             "unseen": unseen, "rows": sketch["rows"]}
 
