@@ -988,8 +988,41 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "encodings_")
         return {c: _outside(df[c], self.vocabulary_[c]) for c in self.vocabulary_}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # vocabularies kept as UTF-8 bytes and offsets: skops writes an object array element
+        # by element (the demo's 21,000 levels were most of preprocessor.skops' save and load)
+        state = dict(super().__getstate__())  # the instance's own __dict__ otherwise
+        if "vocabulary_" in state:
+            state["vocabulary_"] = {c: _packed(v) for c, v in state["vocabulary_"].items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "vocabulary_" in state:
+            state["vocabulary_"] = {c: _unpacked(v) for c, v in state["vocabulary_"].items()}
+        super().__setstate__(state)
+
     def __sklearn_tags__(self) -> Tags:
         return frame_tags(super().__sklearn_tags__())
+
+
+def _packed(vocabulary: np.ndarray) -> dict[str, np.ndarray] | np.ndarray:
+    """Text levels as ``{"utf8": the levels' bytes one after another, "ends": where each
+    ends}`` (two plain arrays); anything else as it is."""
+    if not all(isinstance(v, str) for v in vocabulary):
+        return vocabulary
+    encoded = [v.encode("utf-8", "surrogatepass") for v in vocabulary]
+    return {"utf8": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+            "ends": np.cumsum([len(b) for b in encoded], dtype=np.int64)}
+
+
+def _unpacked(stored: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
+    """The object array of levels :func:`_packed` stored (bundles before it: as stored)."""
+    if not isinstance(stored, Mapping):
+        return np.asarray(stored, dtype=object)
+    blob, ends = stored["utf8"].tobytes(), stored["ends"].tolist()
+    out = np.empty(len(ends), dtype=object)
+    out[:] = [blob[a:b].decode("utf-8", "surrogatepass") for a, b in zip([0, *ends], ends)]
+    return out
 
 
 def _pooled_codes(values: pd.Series, vocab: np.ndarray) -> np.ndarray:

@@ -338,3 +338,24 @@ def test_fitted_pipeline_survives_skops() -> None:
     pipe.fit_transform(df, y)
     loaded = loads_skops(dumps_skops(pipe), "test")
     pd.testing.assert_frame_equal(pipe.transform(df.head(100)), loaded.transform(df.head(100)))
+
+
+def test_vocabularies_are_saved_as_plain_arrays_and_come_back_exactly() -> None:
+    """skops writes an object array level by level (slow to save, audit and load): the
+    levels go into the file as UTF-8 bytes and offsets, and come back as the same text."""
+    import io
+    import zipfile
+
+    odd = ["", "é", "x\x00", "日本"]  # empty, accents, a trailing NUL, wide characters
+    df = pd.DataFrame({"c": [*odd, *(f"level-{i}" for i in range(3000))] * 2})
+    y = np.arange(len(df)) % 2
+    enc = CategoricalEncoder({"c": {"method": "target"}}, n_classes=2).fit(df, y)
+    data = dumps_skops(enc)
+    schema = zipfile.ZipFile(io.BytesIO(data)).read("schema.json")
+    assert b"level-2999" not in schema  # not one node per level
+    loaded = loads_skops(data, "test")
+    assert loaded.vocabulary_["c"].dtype == object
+    assert loaded.vocabulary_["c"].tolist() == enc.vocabulary_["c"].tolist()
+    assert set(odd) <= set(loaded.vocabulary_["c"].tolist())
+    assert enc.vocabulary_["c"].dtype == object  # saving left the fitted step as it was
+    pd.testing.assert_frame_equal(loaded.transform(df), enc.transform(df))
