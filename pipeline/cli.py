@@ -28,6 +28,8 @@ BAD_INPUT_ERRORS = (("pipeline.config", "JobError"), ("pipeline.load", "DataErro
                     ("pipeline.monitor", "MonitorInputError"))
 #: the same for "the cluster could not be reached or had no workers" (exit 5)
 CLUSTER_ERRORS = (("cluster", "ClusterError"),)
+#: and for "the scheduler went away while a command ran" (cluster.connect; exit 5 too)
+LOST_ERRORS = (("cluster", "SchedulerLostError"),)
 
 
 class _Stderr(logging.StreamHandler):
@@ -168,8 +170,8 @@ def lost_scheduler(exc: BaseException) -> bool:
     chain = _chain(exc)
     names = {type(e).__name__ for e in chain}
     text = " ".join(str(e) for e in chain).lower()
-    if names & {"CommClosedError", "SchedulerLostError"} or any(
-            isinstance(e, asyncio.CancelledError) for e in chain):
+    if "CommClosedError" in names or any(
+            isinstance(e, (asyncio.CancelledError, *_loaded_types(LOST_ERRORS))) for e in chain):
         return True
     return ("FutureCancelledError" in names and ("connection" in text or "scheduler" in text)) \
         or ("not running" in text and "client" in text)
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     except Exception as exc:
         code = int(exit_code(exc, _loaded_types(BAD_INPUT_ERRORS) + (FileNotFoundError,),
-                             _loaded_types(CLUSTER_ERRORS)))
+                             _loaded_types(CLUSTER_ERRORS + LOST_ERRORS)))
         if verbose:
             import traceback
 

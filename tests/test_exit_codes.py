@@ -49,6 +49,23 @@ def test_the_rule() -> None:
     assert exit_code(KeyError("x")) == ExitCode.ERROR
 
 
+def test_a_scheduler_lost_by_any_command_exits_with_the_cluster_code(monkeypatch,
+                                                                    capsys) -> None:
+    """cluster.connect's SchedulerLostError: exit 5 from every command, not only `run`."""
+    import contextlib
+
+    import cluster
+
+    @contextlib.contextmanager
+    def lost(*args: object, **kwargs: object):
+        raise cluster.SchedulerLostError("the client's connection to the scheduler closed")
+        yield
+
+    monkeypatch.setattr(cluster, "connect", lost)
+    assert main(["score", "out/models/demo", "in/", "out/scores"]) == ExitCode.CLUSTER
+    assert "connection to the scheduler closed" in capsys.readouterr().err
+
+
 @pytest.mark.integration
 def test_unreachable_storage_exits_with_the_storage_code(client, tmp_path: Path, demo_dir: Path,
                                                          capsys) -> None:
