@@ -233,3 +233,16 @@ def test_malformed_lines_error_or_are_skipped_and_counted(tmp_path: Path) -> Non
         got, skipped = dask.compute(*load.read_counted(src, columns, blocksize=blocksize,
                                                        bad_lines="skip"), scheduler="sync")
         assert (len(got), skipped) == (2998, 2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "Float32", "Float64"])
+def test_the_finite_check_reads_every_float_type(dtype: str) -> None:
+    """numpy floats are checked in their own type (a view), pandas' nullable ones via float64:
+    infinity is refused in each, a missing value and the float32 limit are not."""
+    big = float(np.finfo(np.float32).max)
+    values = pd.Series([1.0, None, big, -big], dtype=dtype)
+    load._check_finite(values, "x", "a.parquet", None)
+    with pytest.raises(DataError, match=r"column 'x' of a\.parquet holds -?inf \(row 4 of a "
+                                        r"partition\) \(1 such value"):
+        load._check_finite(pd.concat([values, pd.Series([-np.inf], dtype=dtype)],
+                                     ignore_index=True), "x", "a.parquet", None)
