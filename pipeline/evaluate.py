@@ -1346,6 +1346,7 @@ def leaderboard(fits: Mapping[str, Any], winner: str, job: JobSpec) -> list[dict
             "overfit": bool(gap.get("overfit")), "fit_seconds": round(refit.seconds, 3),
             "search_seconds": round(found.seconds, 3),
             "search_budget_seconds": found.budget,  # search: auto: this family's share
+            "search_rows": found.rows,  # search: auto: the sample rows its budget afforded
             "predict_rows_per_s": round(fit.predicted_rows / max(fit.predict_seconds, 1e-9)),
             "peak_memory_bytes": fit.peak_memory,
             "warnings": model_warnings(fit, task),

@@ -77,12 +77,14 @@ class SearchResult:
     seconds: float = 0.0
     #: search: auto: the seconds this family was allowed (its share of search.time_budget)
     budget: float | None = None
+    #: search: auto: the sample rows it searched, when its budget afforded fewer than all
+    rows: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"family": self.family, "method": self.method, "best_params": self.best_params,
                 "cv_mean": self.cv_mean, "cv_std": self.cv_std,
                 "fit_seconds": self.fit_seconds, "candidates": self.candidates,
-                "seconds": round(self.seconds, 3), "budget": self.budget}
+                "seconds": round(self.seconds, 3), "budget": self.budget, "rows": self.rows}
 
 
 def split_grid(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -283,7 +285,7 @@ def _score_partition(df: pd.DataFrame, booster: Any, task: str,
 def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
             settings: list[dict[str, Any]], *, method: str, task: str, primary: str, cv: int,
             factor: int, seed: int, patience: int | None, client: Any,
-            budget: str | None = None) -> SearchResult:
+            budget: str | None = None, deadline: float | None = None) -> SearchResult:
     """Every method's CV on futures: fold preprocessing once, candidate x fold fits as tasks.
 
     The sample goes to every worker once; each fold's preprocessing (``pipeline[:-1]``) is one
@@ -304,6 +306,10 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
     would win at the full budget can be dropped at the first rung. ``budget="rows"`` trains
     every rung afresh, all rounds, on a bigger share of the fold, and leans the other way:
     little data favours simple models.)
+
+    ``deadline`` (a ``time.perf_counter()`` value): a rung after the first starts only when
+    the last rung's seconds, scaled by the work each asks for (:func:`_rung_work`), say it
+    ends in time; otherwise the candidates are ranked where they are.
     """
     boosted = FAMILIES[family]["budget"] == "rounds"
     if method != "halving":
@@ -335,9 +341,18 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
     records = [_Record(family, _plain_params(c)) for c in settings]
     states: dict[tuple[int, int], Any] = {}
     alive = list(range(n))
+    continued = budget in ("rounds", "epochs")
+    last: tuple[float, float] | None = None  # the last rung's (seconds, work)
     for rung in range(rungs):
         reach = full if rung == rungs - 1 else min(full, min_budget * factor ** rung)
         todo = [i for i in alive if not records[i].done]
+        work = _rung_work([records[i].budget for i in todo], [min(own[i], reach) for i in todo],
+                          continued)
+        if deadline is not None and last is not None and last[1] > 0 and (
+                time.perf_counter() + last[0] * work / last[1] > deadline):
+            logger.debug("search %s: rung %d would end after the deadline", family, rung)
+            break
+        clock = time.perf_counter()
         pending = {}
         for i in todo:
             amount = records[i].budget = min(own[i], reach)
@@ -348,19 +363,19 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
                                      pure=False)
                 pending[(i, f)] = client.submit(operator.itemgetter(0), both, pure=False)
                 states[(i, f)] = client.submit(operator.itemgetter(1), both, pure=False)
-        continued = budget == "rounds"
         for (i, f), summary in zip(pending, client.gather(list(pending.values()))):
-            records[i].add(f, summary, continued)
+            records[i].add(f, summary, budget == "rounds")
         for i in alive:
             records[i].rung = rung
             if i in todo:
-                records[i].settle(primary, len(splits), own[i], patience, continued)
+                records[i].settle(primary, len(splits), own[i], patience, budget == "rounds")
         keep = max(1, math.ceil(len(alive) / factor)) if rung < rungs - 1 else len(alive)
         ranked = sorted(alive, key=lambda i: records[i].order(primary))
         for i in ranked[keep:]:  # out: free their models on the workers
             for f in range(len(splits)):
                 states.pop((i, f), None)
         alive = ranked[:keep]
+        last = (time.perf_counter() - clock, work)
         logger.debug("search %s: rung %d, up to %d, %d -> %d candidates", family, rung, reach,
                      len(ranked), len(alive))
     table = pd.DataFrame([r.row(scoring, budget) for r in records])
@@ -371,6 +386,24 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
         cv_std=_float(table.loc[best, f"std_{primary}"]),
         fit_seconds=float(table.loc[best, "mean_fit_time"]), candidates=len(table),
         cv_results=table)
+
+
+def _rung_work(done: Sequence[int], reach: Sequence[int], continued: bool) -> int:
+    """The budget units a rung trains: each candidate's reach, less what it already had when
+    its fits go on from the last rung's models (boosting rounds, epochs)."""
+    return sum(r - d if continued else r for d, r in zip(done, reach))
+
+
+def _bracket_work(n: int, factor: int, continued: bool) -> float:
+    """A halving bracket of ``n`` candidates in units of one candidate's full budget (as
+    :func:`_search` runs it: ``n -> n/factor -> ...``, the last rung at the full budget)."""
+    rungs = 1 if n == 1 else max(2, int(math.floor(math.log(n, factor) + 1e-9)))
+    reach = [1.0 if r == rungs - 1 else factor ** (r - rungs + 1) for r in range(rungs)]
+    alive = [n]
+    for _ in range(rungs - 1):
+        alive.append(max(1, math.ceil(alive[-1] / factor)))
+    return sum(k * (reach[r] - (reach[r - 1] if continued and r else 0.0))
+               for r, k in enumerate(alive))
 
 
 def _shuffled(train: np.ndarray, y: np.ndarray, task: str,
@@ -753,6 +786,9 @@ BOOSTING_SHARE = 0.6
 BRACKET = 9
 #: an auto search of a family stops after this many candidates per searched parameter.
 CANDIDATES_PER_PARAMETER = 10
+#: above this many sample rows a family's auto search is timed before its first bracket
+#: (:func:`_affordable_rows`); below, a bracket takes seconds and always runs whole.
+PROBE_ROWS = 5_000
 
 
 def time_budget(job: JobSpec, n_train: int) -> float:
@@ -774,12 +810,16 @@ def search_auto(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *,
     candidates drawn from the family's space (:func:`pipeline.models.auto_space`) until
     ``seconds`` are spent.
 
-    The first bracket always runs and starts from the family's defaults (so the search can
-    only improve on them); a further bracket, with new draws, starts only while the time left
+    The first bracket starts from the family's defaults (so the search can only improve on
+    them) and always runs; a further bracket, with new draws, starts only while the time left
     is at least what the last bracket took, and up to :data:`CANDIDATES_PER_PARAMETER`
-    candidates per searched parameter. ``search.max_candidates`` replaces both: exactly that
-    many candidates, whatever the time (reproducible on any machine). Every bracket's
-    candidates are in the CV table; the best over all brackets wins (:func:`selection_key`).
+    candidates per searched parameter. Above :data:`PROBE_ROWS` rows the budget holds: the
+    first bracket searches the share of the sample it can afford (:func:`_affordable_rows`;
+    when that is less than the probe's rows, the probe, a CV of the defaults, is the search)
+    and a rung that would end after the deadline is not started. ``search.max_candidates``
+    replaces all of that: exactly that many candidates on the whole sample, whatever the time
+    (reproducible on any machine). Every bracket's candidates are in the CV table; the best
+    over all brackets wins (:func:`selection_key`).
     """
     from sklearn.base import clone
 
@@ -792,7 +832,22 @@ def search_auto(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *,
     pipeline = clone(pipeline).set_params(**{f"model__{inner}{k}": _value(v)
                                              for k, v in fixed.items()})
     most = search.max_candidates or max(1, CANDIDATES_PER_PARAMETER * len(searched))
-    tables, last, tried = [], 0.0, 0
+    timed = search.max_candidates is None and len(X) > PROBE_ROWS
+    engine = {"task": task, "primary": job.primary_metric, "cv": search.cv,
+              "factor": search.factor, "seed": search.seed,
+              "patience": job.train.early_stopping_rounds, "client": client,
+              "budget": search.budget}
+    rows, tables, last, tried = None, [], 0.0, 0
+    if timed:
+        probe, rows = _affordable_rows(family, pipeline, X, y, seconds, engine)
+        if rows < PROBE_ROWS:  # not even a bracket on the probe's rows: the probe is all
+            tables, tried, rows = [probe.cv_results.assign(bracket=0)], most, PROBE_ROWS
+        elif rows < len(X):
+            keep = np.sort(_shuffled(np.arange(len(X)), y, task,
+                                     np.random.default_rng(search.seed))[:rows])
+            X, y = X.iloc[keep], y[keep]
+        else:
+            rows = None
     while tried < most:
         left = seconds - (time.perf_counter() - start)
         if tables and left < last and search.max_candidates is None:
@@ -801,10 +856,8 @@ def search_auto(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *,
         draws = candidates("random", searched, BRACKET, search.seed + len(tables))
         settings = ([{}] if not tables else []) + draws  # the defaults first
         settings = settings[:max(1, min(BRACKET, most - tried))]
-        found = _search(family, pipeline, X, y, settings, method="halving", task=task,
-                        primary=job.primary_metric, cv=search.cv, factor=search.factor,
-                        seed=search.seed, patience=job.train.early_stopping_rounds,
-                        client=client, budget=search.budget)
+        found = _search(family, pipeline, X, y, settings, method="halving",
+                        deadline=start + seconds if timed else None, **engine)
         tables.append(found.cv_results.assign(bracket=len(tables)))
         tried += len(settings)
         last = time.perf_counter() - clock
@@ -822,7 +875,30 @@ def search_auto(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *,
         cv_mean=_float(table.loc[best, f"mean_{primary}"]),
         cv_std=_float(table.loc[best, f"std_{primary}"]),
         fit_seconds=float(table.loc[best, "mean_fit_time"]), candidates=len(table),
-        cv_results=table, seconds=time.perf_counter() - start, budget=round(seconds, 3))
+        cv_results=table, seconds=time.perf_counter() - start, budget=round(seconds, 3),
+        rows=rows)
+
+
+def _affordable_rows(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
+                     seconds: float, engine: Mapping[str, Any]) -> tuple[SearchResult, int]:
+    """The probe, and the rows of ``X`` a first bracket can search within ``seconds``.
+
+    The probe cross-validates the family's defaults on :data:`PROBE_ROWS` rows (a stratified
+    random share); the bracket's cost is the probe's wall time times the bracket's work
+    (:func:`_bracket_work`) times the rows, taken as linear in the rows (histogram trees and
+    linear models are; the probe's fixed costs make the guess err on the small side)."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(engine["seed"])
+    keep = np.sort(_shuffled(np.arange(len(X)), y, engine["task"], rng)[:PROBE_ROWS])
+    found = _search(family, pipeline, X.iloc[keep], y[keep], [{}], method="halving", **engine)
+    probe = time.perf_counter() - start
+    budget = FAMILIES[family]["budget"] if engine["budget"] in (None, "auto") else \
+        engine["budget"]
+    work = _bracket_work(BRACKET, engine["factor"], budget in ("rounds", "epochs"))
+    rows = int(PROBE_ROWS * max(0.0, seconds - probe) / (work * max(probe, 1e-3)))
+    logger.debug("search %s: probe %.1f s on %d rows, a bracket affords %d of %d rows",
+                 family, probe, PROBE_ROWS, rows, len(X))
+    return found, min(len(X), rows)
 
 
 class TimeBudget:
@@ -930,20 +1006,22 @@ def search_families(job: JobSpec, sample: pd.DataFrame | None, prefix: Prefix,
             # not its first rows (the sample is in partition order: often time order)
             take = (np.sort(np.random.default_rng(search.seed).permutation(len(X))[:rows])
                     if rows < len(X) else slice(None))
+            X_family, y_family = X.iloc[take], y[take]
             if clock:
-                found = search_auto(family, pipeline, X.iloc[take], y[take], job=job,
+                found = search_auto(family, pipeline, X_family, y_family, job=job,
                                     seconds=clock.allowance(family), client=client)
                 clock.spend(family, found.seconds)
             else:
                 found = search_family(
-                    family, pipeline, X.iloc[take], y[take], params=params, task=task,
+                    family, pipeline, X_family, y_family, params=params, task=task,
                     primary=job.primary_metric, method=search.method, cv=search.cv,
                     n_iter=search.n_iter, factor=search.factor, seed=search.seed,
                     client=client, patience=job.train.early_stopping_rounds,
                     budget=search.budget)
         spread = f" ± {found.cv_std:.4f}" if found.cv_std is not None else ""
-        spent = (f" ({found.seconds:.0f} s of its {found.budget:.0f} s)"
-                 if found.budget is not None else "")
+        spent = (f" ({found.seconds:.0f} s of its {found.budget:.0f} s"
+                 + (f", on {found.rows:,} of {len(X_family):,} rows" if found.rows else "")
+                 + ")" if found.budget is not None else "")
         if lap is not None:
             lap(f"search:{family}", f"{family}: {found.candidates} candidate(s), {found.method} "
                 f"search{spent}, best {job.primary_metric} = {fmt_metric(found.cv_mean)}"
@@ -995,5 +1073,5 @@ def load_searches(files: Mapping[str, bytes]) -> dict[str, SearchResult]:
             family=family, method=doc["method"], best_params=doc["best_params"],
             cv_mean=doc["cv_mean"], cv_std=doc["cv_std"], fit_seconds=doc["fit_seconds"],
             candidates=doc["candidates"], cv_results=rows.reset_index(drop=True),
-            seconds=doc["seconds"], budget=doc.get("budget"))
+            seconds=doc["seconds"], budget=doc.get("budget"), rows=doc.get("rows"))
     return out

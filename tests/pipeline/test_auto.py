@@ -12,6 +12,7 @@ from pipeline.models import AUTO, FAMILIES, auto_space, check_params
 from pipeline.select import (
     BRACKET,
     CANDIDATES_PER_PARAMETER,
+    PROBE_ROWS,
     TimeBudget,
     search_auto,
     slower_boosting,
@@ -145,3 +146,49 @@ def test_max_candidates_replaces_the_clock(client) -> None:
     assert [r.candidates for r in runs] == [12, 12]  # two brackets, though no time was left
     assert runs[0].cv_results["params"].tolist() == runs[1].cv_results["params"].tolist()
     assert runs[0].best_params == runs[1].best_params
+
+
+def test_a_brackets_work_counts_each_rung_at_its_budget() -> None:
+    """In units of one candidate's full budget: 9 at 1/3, then 3 at the full budget, which go
+    on from their first third (rounds, epochs) or start afresh (rows)."""
+    from pipeline.select import _bracket_work
+
+    assert _bracket_work(9, 3, continued=True) == pytest.approx(9 / 3 + 3 * 2 / 3)
+    assert _bracket_work(9, 3, continued=False) == pytest.approx(9 / 3 + 3)
+    assert _bracket_work(27, 3, continued=True) == pytest.approx(27 / 9 + 9 * 2 / 9 + 3 * 2 / 3)
+    assert _bracket_work(1, 3, continued=False) == 1.0
+
+
+def test_a_rung_that_would_end_after_the_deadline_is_not_started(client) -> None:
+    from pipeline.select import _search
+
+    X, y = data("binary", n=600)
+    settings = [{"C": c} for c in (0.01, 0.1, 1.0, 10.0, 100.0, 0.03, 0.3, 3.0, 30.0)]
+    common = {"method": "halving", "task": "binary", "primary": "roc_auc", "cv": 3,
+              "factor": 3, "seed": 0, "patience": None, "client": client}
+    pipeline = pipeline_for("logistic_regression")
+    late = _search("logistic_regression", pipeline, X, y, settings,
+                   deadline=time.perf_counter(), **common)
+    assert set(late.cv_results["rung"]) == {0}  # the first rung runs; the last is not started
+    whole = _search("logistic_regression", pipeline, X, y, settings,
+                    deadline=time.perf_counter() + 3600, **common)
+    assert whole.cv_results["rung"].max() == 1
+
+
+def test_a_family_the_budget_cannot_afford_is_only_probed(client) -> None:
+    """Above PROBE_ROWS the budget holds: with no time at all, the search is the probe (the
+    defaults, cross-validated on PROBE_ROWS rows) and says so."""
+    X, y = data("binary", n=PROBE_ROWS + 3000)
+    found = search_auto("random_forest", pipeline_for("random_forest"), X, y,
+                        job=_auto_job(0.01), seconds=0.01, client=client)
+    assert found.candidates == 1 and found.cv_results["params"].tolist() == [{}]
+    assert found.rows == PROBE_ROWS
+    assert found.to_json()["rows"] == PROBE_ROWS
+
+
+def test_a_family_with_time_to_spare_searches_every_sample_row(client) -> None:
+    X, y = data("binary", n=PROBE_ROWS + 3000)
+    found = search_auto("logistic_regression", pipeline_for("logistic_regression"), X, y,
+                        job=_auto_job(600), seconds=600, client=client)
+    assert found.rows is None  # the whole sample
+    assert found.candidates == CANDIDATES_PER_PARAMETER
