@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import did_you_mean
@@ -1054,7 +1055,8 @@ def categorical_columns(ddf: Any, exclude: Sequence[str] = ()) -> list[str]:
 def summarize(ddf: Any, *, target: str, task: str, source: str,
               positive: Any = None, time_column: str | None = None,
               holdout: float = 0.2, exclude_levels: Sequence[str] = ()) -> Summary:
-    """Validate the data for training and describe it, in one ``dask.compute``.
+    """Validate the data for training and describe it: one task per partition and a tree of
+    merges, in one ``dask.compute`` (and one more for a time split's cutoff).
 
     Raises :class:`DataError` for: zero rows, missing or infinite labels, a single class, a
     binary task without exactly two classes, or a classification target with more than
@@ -1064,28 +1066,25 @@ def summarize(ddf: Any, *, target: str, task: str, source: str,
     import numpy as np
     import pandas as pd
 
+    from pipeline.frames import reduce_partitions
+
     y = ddf[target]
     cats = categorical_columns(ddf, exclude=[target, *exclude_levels])
-    lazy: dict[str, Any] = {
-        "rows": ddf.shape[0],
-        "missing": ddf.isna().sum(),
-        "levels": {c: ddf[c].value_counts(dropna=True, split_out=1) for c in cats},
-    }
     numeric_target = pd.api.types.is_numeric_dtype(y.dtype) and not pd.api.types.is_bool_dtype(
         y.dtype)
     if task == "regression" and not numeric_target:
         raise DataError(f"the target {target!r} has dtype {y.dtype} in {source}; a regression "
                         "target must be numeric (or set data.task to binary/multiclass)")
-    if numeric_target:
-        lazy["infinite"] = y.isin([np.inf, -np.inf]).sum()
-    if task == "regression":
-        lazy["tstats"] = {"min": y.min(), "max": y.max(), "mean": y.mean(), "std": y.std()}
-    else:
-        lazy["classes"] = y.value_counts(dropna=True, split_out=1)
+    # one task per partition (and a tree of merges) for every count and statistic; the time
+    # split's cutoff is dask's own quantile, computed apart (a delayed value and an
+    # expression in one compute make dask materialise the expression's whole graph)
+    (got,) = dask.compute(reduce_partitions(
+        ddf, partial(_partition_summary, target=target, cats=cats, task=task,
+                     numeric_target=numeric_target), _merge_summaries))
     if time_column:
-        lazy["cutoff"] = ddf[time_column].quantile(1.0 - holdout)
-    (got,) = dask.compute(lazy)
-
+        got["cutoff"] = ddf[time_column].quantile(1.0 - holdout).compute()
+    if task == "regression":
+        got["tstats"] = _target_stats(got.pop("moments"))
     rows = int(got["rows"])
     if rows == 0:
         raise DataError(f"{source} has zero rows; nothing to train on")
@@ -1133,6 +1132,65 @@ def summarize(ddf: Any, *, target: str, task: str, source: str,
     return Summary(rows=rows, columns=dtypes, missing=missing, classes=_plain(classes),
                    class_counts=counts, target_stats=tstats, levels=levels,
                    time_cutoff=got.get("cutoff"))
+
+
+def _partition_summary(df: Any, *, target: str, cats: Sequence[str], task: str,
+                       numeric_target: bool) -> dict[str, Any]:
+    """One partition's part of :func:`summarize`: rows, missing values per column, the levels
+    of ``cats``, and the target's infinities, classes or moments (merged by
+    :func:`_merge_summaries`)."""
+    import numpy as np
+
+    y = df[target]
+    out: dict[str, Any] = {"rows": len(df), "missing": df.isna().sum(),
+                           "levels": {c: df[c].value_counts(dropna=True) for c in cats}}
+    if numeric_target:
+        out["infinite"] = int(y.isin([np.inf, -np.inf]).sum())
+    if task == "regression":
+        values = y.dropna().to_numpy(dtype="float64")
+        mean = float(values.mean()) if len(values) else 0.0
+        out["moments"] = (len(values), mean, float(((values - mean) ** 2).sum()),
+                          float(values.min()) if len(values) else np.inf,
+                          float(values.max()) if len(values) else -np.inf)
+    else:
+        out["classes"] = y.value_counts(dropna=True)
+    return out
+
+
+def _merge_summaries(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Partition summaries added up (associative: any grouping gives the same result)."""
+    import pandas as pd
+
+    def counts(series: list[Any]) -> Any:  # value counts summed, the largest first
+        return pd.concat(series).groupby(level=0, sort=False, observed=False).sum() \
+            .sort_values(ascending=False, kind="stable")
+
+    first = parts[0]
+    out: dict[str, Any] = {"rows": sum(p["rows"] for p in parts),
+                           "missing": sum((p["missing"] for p in parts[1:]), first["missing"]),
+                           "levels": {c: counts([p["levels"][c] for p in parts])
+                                      for c in first["levels"]}}
+    if "infinite" in first:
+        out["infinite"] = sum(p["infinite"] for p in parts)
+    if "classes" in first:
+        out["classes"] = counts([p["classes"] for p in parts])
+    if "moments" in first:  # Chan et al.'s pairwise update of count, mean and squared error
+        n, mean, m2, low, high = first["moments"]
+        for k, mean_k, m2_k, low_k, high_k in (p["moments"] for p in parts[1:]):
+            if k:
+                total = n + k
+                delta = mean_k - mean
+                mean, m2 = mean + delta * k / total, m2 + m2_k + delta * delta * n * k / total
+                n, low, high = total, min(low, low_k), max(high, high_k)
+        out["moments"] = (n, mean, m2, low, high)
+    return out
+
+
+def _target_stats(moments: tuple[int, float, float, float, float]) -> dict[str, float]:
+    """min, max, mean and (sample) std of a regression target from its merged moments."""
+    n, mean, m2, low, high = moments
+    return {"min": low, "max": high, "mean": mean,
+            "std": (m2 / (n - 1)) ** 0.5 if n > 1 else float("nan")}
 
 
 def _sort_key(value: Any) -> tuple:

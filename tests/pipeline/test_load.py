@@ -194,6 +194,33 @@ def test_regression_target_must_be_numeric_and_vary() -> None:
     assert s.target_stats["min"] == 0 and s.target_stats["max"] == 19
 
 
+@pytest.mark.parametrize("task", ["regression", "multiclass"])
+def test_the_summary_merged_from_partitions_equals_pandas_on_the_whole_frame(task: str) -> None:
+    """One task per partition and a tree of merges (empty partitions and uneven ones among
+    them) give what pandas computes on the whole frame."""
+    rng = np.random.default_rng(3)
+    df = frame(3000, seed=3).assign(
+        y=rng.normal(50.0, 7.0, 3000) if task == "regression" else rng.integers(0, 4, 3000),
+        c=pd.Categorical(rng.choice(["p", "q"], 3000), categories=["p", "q", "r"]))
+    df.loc[df.index % 11 == 0, "x"] = np.nan
+    df.loc[df.index % 13 == 0, "k"] = None
+    parts = [df.iloc[:0], df.iloc[:7], df.iloc[7:1500], df.iloc[1500:1500], df.iloc[1500:]]
+    ddf = dd.from_delayed([dask.delayed(p) for p in parts], meta=df.iloc[:0])
+    s = load.summarize(ddf, target="y", task=task, source="t.parquet")
+    assert s.rows == 3000
+    assert s.missing == {c: int(v) for c, v in df.isna().sum().items()}
+    assert s.levels["k"] == {str(k): int(v) for k, v in df["k"].value_counts().items()}
+    assert s.levels["c"] == {"p": int((df["c"] == "p").sum()), "q": int((df["c"] == "q").sum()),
+                             "r": 0}
+    if task == "regression":
+        expected = {"min": df["y"].min(), "max": df["y"].max(), "mean": df["y"].mean(),
+                    "std": df["y"].std()}
+        assert s.target_stats == pytest.approx(expected, rel=1e-12)
+    else:
+        assert s.class_counts == {str(k): int(v) for k, v in df["y"].value_counts().items()}
+        assert s.classes == [0, 1, 2, 3]
+
+
 def test_a_pandas_index_written_to_parquet_is_not_a_column(tmp_path: Path) -> None:
     """``df[mask].to_parquet(...)`` stores the index as ``__index_level_0__``: row labels,
     which the loader leaves out (reading them as a column failed with a KeyError)."""
