@@ -337,6 +337,11 @@ class TrainSpec(_Spec):
     cv_rounds_below: int = Field(50_000, ge=0)
     #: folds of that CV.
     cv_rounds_folds: int = Field(5, ge=2, le=20)
+    #: below this many rows in all (training + validation + holdout), an XGBoost family is
+    #: evaluated on the holdout, then the same recipe (parameters and round count) is refit on
+    #: every row for the bundle: the holdout's rows are worth having in the model, and one
+    #: more fit is cheap at this size. 0: the bundle's model is the one evaluated.
+    refit_all_below: int = Field(250_000, ge=0)
     #: retries of the whole training step after a lost worker.
     retries: int = Field(2, ge=0, le=10)
     #: write a boosting checkpoint every N rounds (0: never).

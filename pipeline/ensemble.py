@@ -271,9 +271,8 @@ def _entry(job: JobSpec, searches: Mapping[str, SearchResult], fits: Mapping[str
     tails = [len(tail_steps(job, f)) for f in members]
     shipped = from_predictors([fits[f].predictor for f in members], weights, tails,
                               threshold=threshold)
-    evaluated = from_predictors([fits[f].evaluated if fits[f].evaluated is not None
-                                 else fits[f].predictor for f in members],
-                                weights, tails, threshold=threshold)
+    evaluated = from_predictors([fits[f].as_evaluated for f in members], weights, tails,
+                                threshold=threshold)
     clock = time.perf_counter()
     metrics = evaluate_predictor(evaluated, {"holdout": (parts.holdout, True),
                                              "train": (train_rows, False)}, job, client)

@@ -1306,17 +1306,18 @@ def operating_point(job: JobSpec, fit: Any, parts: Parts, train_rows: Any,
     The threshold is chosen on the validation rows, so that the holdout figures at it are an
     honest estimate (chosen on the holdout, they would flatter it); holdout and training rows
     are then evaluated again at it, so that the leaderboard and the overfitting check compare
-    them at the threshold the bundle scores with.
+    them at the threshold the bundle scores with. Both are scored with the model as evaluated
+    (``fit.as_evaluated``): a bundle's model refit on every row has seen the holdout.
     """
     import dataclasses
 
     options = job.evaluate
     if job.data.task != "binary" or not (options.min_precision or options.min_recall):
         return fit
-    predictor = fit.predictor
+    predictor = fit.as_evaluated
     on_valid = evaluate_predictor(predictor, {"valid": (parts.valid, False)}, job,
                                   client)["valid"]
-    predictor.threshold = float(on_valid["chosen_threshold"])
+    predictor.threshold = fit.predictor.threshold = float(on_valid["chosen_threshold"])
     out = evaluate_predictor(predictor, {"holdout": (parts.holdout, True),
                                          "train": (train_rows, False)}, job, client)
     out["holdout"].update(chosen_threshold=predictor.threshold,

@@ -825,9 +825,17 @@ class FamilyFit:
     train: dict[str, Any]  # metrics on the overfit check's training rows
     peak_memory: int | None  # the cluster's peak process memory while fitting
     predict_seconds: float  # scoring holdout + training rows (one compute)
-    #: the Predictor as evaluated on the holdout, when ``predictor`` was then refit on more
-    #: rows (small data): what an ensemble of this family must be evaluated with
+    #: the Predictor as evaluated on the holdout, when ``predictor`` was then refit on every
+    #: row (``train.refit_all_below``): see :attr:`as_evaluated`
     evaluated: Any = None
+
+    @property
+    def as_evaluated(self) -> Any:
+        """The Predictor the holdout metrics describe: :attr:`evaluated` when the bundle's
+        was refit on every row afterwards, else :attr:`predictor`. Whatever scores the
+        holdout again (an operating point, the reference profile, an ensemble) uses it: the
+        refit model was trained on those rows."""
+        return self.evaluated if self.evaluated is not None else self.predictor
 
     @property
     def predicted_rows(self) -> int:
@@ -843,8 +851,12 @@ class FamilyFit:
                        "seconds": refit.seconds, "rows": refit.rows, "details": refit.details},
                "holdout": self.holdout, "train": self.train,
                "peak_memory": self.peak_memory, "predict_seconds": self.predict_seconds}
-        return {name: data, "preprocessor.skops": dumps_skops(self.predictor.preprocessor),
-                "entry.json": json_bytes(doc)}
+        files = {name: data, "preprocessor.skops": dumps_skops(self.predictor.preprocessor),
+                 "entry.json": json_bytes(doc)}
+        if self.evaluated is not None:  # the model before its refit on every row
+            name, data = model_bytes(self.evaluated.model)
+            files[f"evaluated-{name}"] = data
+        return files
 
 
 def load_family(files: Mapping[str, bytes], found: Any, job: JobSpec,
@@ -855,23 +867,32 @@ def load_family(files: Mapping[str, bytes], found: Any, job: JobSpec,
     from pipeline.artifacts import loads_skops
     from pipeline.predictor import Predictor
 
-    doc = json.loads(files["entry.json"])
-    if "model.ubj" in files:
-        import xgboost
+    def model(name: str) -> Any:
+        if f"{name}.ubj" in files:
+            import xgboost
 
-        model = xgboost.Booster()
-        model.load_model(bytearray(files["model.ubj"]))
-    else:
-        model = loads_skops(files["model.skops"], f"stage {found.family}")
+            booster = xgboost.Booster()
+            booster.load_model(bytearray(files[f"{name}.ubj"]))
+            return booster
+        return loads_skops(files[f"{name}.skops"], f"stage {found.family}")
+
+    doc = json.loads(files["entry.json"])
     fit = doc["fit"]
-    refit = Refit(found.family, fit["training"], model, fit["params"], fit["seconds"],
+    refit = Refit(found.family, fit["training"], model("model"), fit["params"], fit["seconds"],
                   fit["rows"], fit["details"])
     predictor = Predictor(task=job.data.task, target=job.data.target, classes=classes,
                           preprocessor=loads_skops(files["preprocessor.skops"],
                                                    f"stage {found.family}"),
-                          model=model, threshold=job.evaluate.threshold, family=found.family)
+                          model=refit.model, threshold=job.evaluate.threshold,
+                          family=found.family)
+    evaluated = None
+    if any(name.startswith("evaluated-") for name in files):
+        import copy
+
+        evaluated = copy.copy(predictor)
+        evaluated.model = model("evaluated-model")
     return FamilyFit(found, refit, predictor, doc["holdout"], doc["train"],
-                     doc["peak_memory"], doc["predict_seconds"])
+                     doc["peak_memory"], doc["predict_seconds"], evaluated)
 
 
 def refit_family(job: JobSpec, found: Any, prefix: Prefix, sample: Any, holdout: Any,
@@ -901,9 +922,12 @@ def refit_family(job: JobSpec, found: Any, prefix: Prefix, sample: Any, holdout:
         rows = sample.head(family_rows(family, job.search.sample_rows))
         sample_Xy = (tail.transform(prefix.pipeline.transform(rows)),
                      np.asarray(target(rows, job, classes)))
-    # small data: boosting rounds from CV, and the evaluated recipe refit on every row
-    small = (family == "xgboost"
-             and prefix.rows["train"] + prefix.rows["valid"] < job.train.cv_rounds_below)
+    # small data: boosting rounds from CV; up to medium data: the evaluated recipe refit on
+    # every row, holdout included (:func:`refit_every_row`)
+    fitted_rows = prefix.rows["train"] + prefix.rows["valid"]
+    small = family == "xgboost" and fitted_rows < job.train.cv_rounds_below
+    every = (family == "xgboost"
+             and fitted_rows + prefix.rows["holdout"] < job.train.refit_all_below)
     with _PeakMemory(client) as peak:
         fitted = refit(family, task, found.best_params, X_train=X_train,
                        y_train=prefix.y_train, X_valid=X_valid, y_valid=prefix.y_valid,
@@ -921,24 +945,49 @@ def refit_family(job: JobSpec, found: Any, prefix: Prefix, sample: Any, holdout:
                                              "train": (train_rows, False)}, job, client)
     seconds = time.perf_counter() - clock
     evaluated = None
-    if small:  # on small data the holdout rows are too many to leave out of the model
+    if every:
         import copy
 
         import dask.dataframe as dd
 
         evaluated = copy.copy(predictor)  # keeps the evaluated booster
-
         X_holdout = tail.transform(prefix.pipeline.transform(holdout))
-        fitted.model = predictor.model = fit_xgboost_rows(
+        fitted.model = predictor.model = refit_every_row(
             dd.concat([X_train, X_valid, X_holdout]),
             dd.concat([prefix.y_train, prefix.y_valid, target(holdout, job, classes)]),
-            params=fitted.params, rounds=fitted.details["trees"], task=task,
-            n_classes=len(classes) if classes else None, seed=job.search.seed,
-            client=client, family=family)
-        fitted.details["refit"] = ("the evaluated recipe refit on every row (train, "
-                                   "validation and holdout)")
+            job=job, fitted=fitted, n_classes=len(classes) if classes else None,
+            in_memory=small, client=client)
     return FamilyFit(found, fitted, predictor, metrics["holdout"], metrics["train"],
                      peak.bytes, seconds, evaluated)
+
+
+def refit_every_row(X: Any, y: Any, *, job: JobSpec, fitted: Refit, n_classes: int | None,
+                    in_memory: bool, client: Client) -> Any:
+    """The evaluated XGBoost recipe (``fitted``: its parameters and the rounds it kept) fitted
+    again on every row, holdout included (``train.refit_all_below``): the bundle's model.
+
+    The holdout metrics stay those of the evaluated model, which never saw the holdout; this
+    one sees 1 / (1 - split.holdout) times the rows. Its time is added to the family's fit
+    time (``details["refit_seconds"]`` is its share). ``in_memory``: small data, one task
+    (:func:`fit_xgboost_rows`); else xgboost.dask on the whole cluster (:func:`fit_xgboost`),
+    with the job's retries after a lost worker.
+    """
+    start, trees = time.perf_counter(), int(fitted.details["trees"])
+    if in_memory:
+        model = fit_xgboost_rows(X, y, params=fitted.params, rounds=trees, task=job.data.task,
+                                 n_classes=n_classes, seed=job.search.seed, client=client,
+                                 family=fitted.family)
+    else:
+        model = fit_xgboost(X, y, None, None, params={**fitted.params, "n_estimators": trees},
+                            task=job.data.task, n_classes=n_classes,
+                            early_stopping_rounds=None, seed=job.search.seed, client=client,
+                            family=fitted.family, retries=job.train.retries).booster
+    fitted.details["refit"] = (f"the evaluated recipe ({trees:,} rounds) refit on every row "
+                               "(train, validation and holdout)")
+    seconds = time.perf_counter() - start
+    fitted.details["refit_seconds"] = round(seconds, 3)
+    fitted.seconds += seconds  # the family's fit time: both fits
+    return model
 
 
 class _PeakMemory:

@@ -222,8 +222,8 @@ def _stages(job: JobSpec, client: Client, watch: Stopwatch,
     _warn(board)
     watch.lap("evaluate", f"chosen: {winner}; holdout {job.primary_metric} = "
                           f"{evaluate.fmt_metric(chosen.holdout.get(job.primary_metric))}")
-    profile = monitor.reference_profile(job, parts, chosen.predictor, chosen.holdout, client,
-                                        sample)
+    profile = monitor.reference_profile(job, parts, chosen.as_evaluated, chosen.holdout,
+                                        client, sample)
     verdict = monitor.challenge(job, chosen.holdout, parts.holdout, profile, client,
                                 training.source.fingerprint)
     watch.lap("gate", f"gate: {'pass' if verdict.promote else 'no promotion'} "

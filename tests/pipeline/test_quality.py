@@ -130,3 +130,36 @@ def test_a_model_no_better_than_a_constant_is_reported(client, tmp_path: Path) -
     assert metrics["warnings"] == warnings
     report = (Path(result.run_url) / "report.html").read_text()
     assert 'id="warnings"' in report and warnings[0].split(":")[0] in report
+
+
+def test_below_refit_all_below_the_bundle_is_the_evaluated_recipe_on_every_row(
+        client, tmp_path: Path, demo_dir: Path) -> None:
+    """The validation-split path (train.cv_rounds_below: 0) on 20,000 rows: the bundle's model
+    is the evaluated one refit on every row with the rounds it kept, while everything that
+    scores the holdout (the metrics, the operating point, the reference profile) describes the
+    evaluated model: the same as a run that ships that model itself (refit_all_below: 0)."""
+    from pipeline.artifacts import open_bundle
+    from tests.conftest import demo_job
+
+    runs = {}
+    for below in (0, 250_000):
+        job = demo_job(str(demo_dir), str(tmp_path / f"out-{below}"),
+                       models={"xgboost": {"n_estimators": 60, "max_depth": 4,
+                                           "learning_rate": 0.3}},
+                       evaluate={"min_precision": 0.5})
+        job["train"] = {"cv_rounds_below": 0, "refit_all_below": below}
+        runs[below] = run(load_job(job), client=client)
+    shipped, refit = runs[0], runs[250_000]
+    trees = shipped.metrics["model"]["trees"]
+    assert refit.metrics["holdout"] == shipped.metrics["holdout"]  # chosen threshold included
+    assert refit.metrics["threshold"] == shipped.metrics["threshold"]
+    assert refit.metrics["model"]["trees"] == trees
+    assert refit.metrics["model"]["refit"].startswith(f"the evaluated recipe ({trees:,} rounds)")
+    assert refit.metrics["model"]["refit_seconds"] > 0 and "refit" not in shipped.metrics["model"]
+    profiles = [open_bundle(r.model_url).json("profile.json") for r in (shipped, refit)]
+    assert profiles[0]["outputs"] == profiles[1]["outputs"]
+    models = [load_model(r.model_url) for r in (shipped, refit)]
+    assert [m.model.num_boosted_rounds() for m in models] == [trees, trees]
+    rows = pd.concat([pd.read_parquet(p) for p in sorted(demo_dir.glob("*.parquet"))])
+    first, second = (m.predict_proba(rows.head(2000)) for m in models)
+    assert not np.allclose(first, second)  # another model: it saw the holdout rows too

@@ -134,3 +134,40 @@ def test_misspelled_parameter_suggests() -> None:
 def test_bad_value_fails_before_training() -> None:
     with pytest.raises(ValueError, match="XGBoost refuses these parameters"):
         xgb_params({"max_depth": -3}, task="regression", n_classes=None, seed=0)
+
+
+def test_a_kept_family_stage_holds_the_evaluated_model_beside_the_refit_one() -> None:
+    """A resumed run must score the holdout with the model as evaluated, as the uninterrupted
+    run does (train.refit_all_below): the resume store keeps both boosters."""
+    import copy
+    from types import SimpleNamespace
+
+    import xgboost
+    from sklearn.pipeline import Pipeline
+
+    from pipeline.config import load_job
+    from pipeline.predictor import Predictor
+    from pipeline.train import FamilyFit, Refit, load_family
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200)})
+    y = (X["a"] > 0).astype(int)
+
+    def booster(rounds: int) -> xgboost.Booster:
+        return xgboost.train({"objective": "binary:logistic"}, xgboost.DMatrix(X, y), rounds)
+
+    job = load_job({"name": "t", "output": "/tmp/unused", "models": {"xgboost": {}},
+                    "data": {"train": "/tmp/unused", "target": "y", "task": "binary"}})
+    predictor = Predictor(task="binary", target="y", classes=[0, 1],
+                          preprocessor=Pipeline([("keep", "passthrough")]), model=booster(5),
+                          threshold=0.5, family="xgboost")
+    evaluated = copy.copy(predictor)
+    predictor.model = booster(9)  # the refit on every row
+    refit = Refit("xgboost", "distributed", predictor.model, {}, 1.0, 200, {"trees": 5})
+    fit = FamilyFit(None, refit, predictor, {"n": 1}, {"n": 1}, None, 0.1, evaluated)
+    found = SimpleNamespace(family="xgboost")
+    back = load_family(fit.files(), found, job, [0, 1])
+    assert back.predictor.model.num_boosted_rounds() == 9
+    assert back.as_evaluated.model.num_boosted_rounds() == 5
+    assert load_family(FamilyFit(None, refit, predictor, {"n": 1}, {"n": 1}, None, 0.1).files(),
+                       found, job, [0, 1]).evaluated is None
