@@ -784,7 +784,7 @@ def challenge(job: JobSpec, holdout_metrics: Mapping[str, Any], holdout: Any,
 
     When the champion was trained on the very same data with the same split (a rerun), its
     own recorded holdout metrics are those rows' already, and are used as they are: its final
-    model may have been refit on every row, holdout included (small data, ``train:``), and
+    model may have been refit on every row, holdout included (``train.refit_all_below``), and
     would be flattered by scoring rows it was trained on.
 
     Examples
@@ -848,7 +848,8 @@ def challenge(job: JobSpec, holdout_metrics: Mapping[str, Any], holdout: Any,
 
 def _champion_holdout(job: JobSpec, champion_id: str, holdout: Any, client: Client,
                       data_fingerprint: str | None) -> tuple[dict[str, Any], str | None]:
-    """The champion's metrics on the challenger's holdout rows, and a note on where from."""
+    """The champion's metrics on the challenger's holdout rows, and a note on where from (or
+    on a champion refit on every row of its data: ``train.refit_all_below``)."""
     from pipeline import artifacts
     from pipeline.evaluate import evaluate_predictor
 
@@ -859,8 +860,12 @@ def _champion_holdout(job: JobSpec, champion_id: str, holdout: Any, client: Clie
                 "the champion was trained on the same data with the same split: its "
                 "recorded holdout metrics are on these rows")
     champion = artifacts.load_predictor(bundle)
+    refit = (bundle.json("metrics.json").get("model") or {}).get("refit")
+    note = (f"the champion's model is {refit} of its own data: where these holdout rows were "
+            "among them, its figures here are flattered, and the gate leans toward keeping "
+            "it" if refit else None)
     return evaluate_predictor(champion, {"holdout": (holdout, False)}, job,
-                              client)["holdout"], None
+                              client)["holdout"], note
 
 
 def _rule(kind: str, metric: str, limit: float, challenger: Mapping[str, Any],

@@ -238,6 +238,8 @@ def test_retrain_promotes_a_better_challenger_and_refuses_a_worse_one(
     assert worse["outcome"] == "not promoted" and worse["champion"] == better["run_id"]
     assert worse["metrics"]["challenger"]["roc_auc"] < 0.6 \
         < worse["metrics"]["champion"]["roc_auc"]
+    # the champion was refit on every row of demo_dir, this holdout's rows among them: said
+    assert any("refit on every row" in r and "flattered" in r for r in worse["reasons"])
     assert pointer(root)["run_id"] == better["run_id"]  # unchanged
     # both decisions are in the registry, the refused version is registered, unpromoted
     shown = registry.show_model(root, "demo")
