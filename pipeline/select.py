@@ -315,10 +315,7 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
     if method != "halving":
         budget = "rounds" if boosted else "fit"  # every candidate at its full budget
     else:
-        budget = FAMILIES[family]["budget"] if budget in (None, "auto") else budget
-        if budget not in ("rows", FAMILIES[family]["budget"]):
-            raise ValueError(f"{family} cannot take {budget} as its halving budget: use "
-                             f"rows, or {FAMILIES[family]['budget']} (its own)")
+        budget = _halving_budget(family, budget)
     model = pipeline.steps[-1][1]
     splits = list(cv_splitter(task, cv, seed).split(X, y))
     if budget == "rows":  # each rung trains on a bigger random (stratified) prefix
@@ -326,8 +323,7 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
         splits = [(_shuffled(train, y[train], task, rng), test) for train, test in splits]
     own = [_own_budget(budget, model, c, family, splits) for c in settings]
     n = len(settings)
-    rungs = 1 if method != "halving" or n == 1 else max(
-        2, int(math.floor(math.log(n, factor) + 1e-9)))
+    rungs = _rungs(n, factor) if method == "halving" else 1
     full = max(own)
     min_budget = max(1, int(full / factor ** (rungs - 1)))
     step = max(1, min(25, max(_own_budget("rounds", model, c, family, splits)
@@ -341,13 +337,13 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
     records = [_Record(family, _plain_params(c)) for c in settings]
     states: dict[tuple[int, int], Any] = {}
     alive = list(range(n))
-    continued = budget in ("rounds", "epochs")
+    resumed = budget in ("rounds", "epochs")  # a rung's fits go on from the last rung's
     last: tuple[float, float] | None = None  # the last rung's (seconds, work)
     for rung in range(rungs):
         reach = full if rung == rungs - 1 else min(full, min_budget * factor ** rung)
         todo = [i for i in alive if not records[i].done]
         work = _rung_work([records[i].budget for i in todo], [min(own[i], reach) for i in todo],
-                          continued)
+                          resumed)
         if deadline is not None and last is not None and last[1] > 0 and (
                 time.perf_counter() + last[0] * work / last[1] > deadline):
             logger.debug("search %s: rung %d would end after the deadline", family, rung)
@@ -388,21 +384,38 @@ def _search(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
         cv_results=table)
 
 
-def _rung_work(done: Sequence[int], reach: Sequence[int], continued: bool) -> int:
+def _halving_budget(family: str, budget: str | None) -> str:
+    """What successive halving gives ``family`` more of: ``budget`` (``rows``, or the family's
+    own), or the family's own for None / ``auto``."""
+    own = FAMILIES[family]["budget"]
+    budget = own if budget in (None, "auto") else budget
+    if budget not in ("rows", own):
+        raise ValueError(f"{family} cannot take {budget} as its halving budget: use rows, or "
+                         f"{own} (its own)")
+    return budget
+
+
+def _rungs(n: int, factor: int) -> int:
+    """The rungs of a halving bracket of ``n`` candidates: ``n -> n/factor -> ...`` down to at
+    most ``factor`` candidates on the full budget (at least two rungs for two candidates)."""
+    return 1 if n == 1 else max(2, int(math.floor(math.log(n, factor) + 1e-9)))
+
+
+def _rung_work(done: Sequence[int], reach: Sequence[int], resumed: bool) -> int:
     """The budget units a rung trains: each candidate's reach, less what it already had when
     its fits go on from the last rung's models (boosting rounds, epochs)."""
-    return sum(r - d if continued else r for d, r in zip(done, reach))
+    return sum(r - d if resumed else r for d, r in zip(done, reach))
 
 
-def _bracket_work(n: int, factor: int, continued: bool) -> float:
+def _bracket_work(n: int, factor: int, resumed: bool) -> float:
     """A halving bracket of ``n`` candidates in units of one candidate's full budget (as
     :func:`_search` runs it: ``n -> n/factor -> ...``, the last rung at the full budget)."""
-    rungs = 1 if n == 1 else max(2, int(math.floor(math.log(n, factor) + 1e-9)))
+    rungs = _rungs(n, factor)
     reach = [1.0 if r == rungs - 1 else factor ** (r - rungs + 1) for r in range(rungs)]
     alive = [n]
     for _ in range(rungs - 1):
         alive.append(max(1, math.ceil(alive[-1] / factor)))
-    return sum(k * (reach[r] - (reach[r - 1] if continued and r else 0.0))
+    return sum(k * (reach[r] - (reach[r - 1] if resumed and r else 0.0))
                for r, k in enumerate(alive))
 
 
@@ -841,13 +854,14 @@ def search_auto(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *,
               "patience": job.train.early_stopping_rounds, "client": client,
               "budget": search.budget}
     rows, tables, last, tried = None, [], 0.0, 0
-    if timed:
-        probe, rows = _affordable_rows(family, pipeline, X, y, seconds, engine)
+    if timed:  # the probe's rows, then the bracket's, are prefixes of one stratified order
+        order = _shuffled(np.arange(len(X)), y, task, np.random.default_rng(search.seed))
+        probe, rows = _affordable_rows(family, pipeline, X, y, np.sort(order[:PROBE_ROWS]),
+                                       seconds, engine)
         if rows < PROBE_ROWS:  # not even a bracket on the probe's rows: the probe is all
             tables, tried, rows = [probe.cv_results.assign(bracket=0)], most, PROBE_ROWS
         elif rows < len(X):
-            keep = np.sort(_shuffled(np.arange(len(X)), y, task,
-                                     np.random.default_rng(search.seed))[:rows])
+            keep = np.sort(order[:rows])
             X, y = X.iloc[keep], y[keep]
         else:
             rows = None
@@ -883,20 +897,19 @@ def search_auto(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray, *,
 
 
 def _affordable_rows(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
-                     seconds: float, engine: Mapping[str, Any]) -> tuple[SearchResult, int]:
+                     probe_rows: np.ndarray, seconds: float,
+                     engine: Mapping[str, Any]) -> tuple[SearchResult, int]:
     """The probe, and the rows of ``X`` a first bracket can search within ``seconds``.
 
-    The probe cross-validates the family's defaults on :data:`PROBE_ROWS` rows (a stratified
-    random share); the bracket's cost is the probe's wall time times the bracket's work
+    The probe cross-validates the family's defaults on ``probe_rows`` (:data:`PROBE_ROWS`
+    positions, a stratified random share); the bracket's cost is the probe's wall time times the bracket's work
     (:func:`_bracket_work`) times the rows, taken as linear in the rows (histogram trees and
     linear models are; the probe's fixed costs make the guess err on the small side)."""
     start = time.perf_counter()
-    rng = np.random.default_rng(engine["seed"])
-    keep = np.sort(_shuffled(np.arange(len(X)), y, engine["task"], rng)[:PROBE_ROWS])
-    found = _search(family, pipeline, X.iloc[keep], y[keep], [{}], method="halving", **engine)
+    found = _search(family, pipeline, X.iloc[probe_rows], y[probe_rows], [{}],
+                    method="halving", **engine)
     probe = time.perf_counter() - start
-    budget = FAMILIES[family]["budget"] if engine["budget"] in (None, "auto") else \
-        engine["budget"]
+    budget = _halving_budget(family, engine["budget"])
     work = _bracket_work(BRACKET, engine["factor"], budget in ("rounds", "epochs"))
     rows = int(PROBE_ROWS * max(0.0, seconds - probe) / (work * max(probe, 1e-3)))
     logger.debug("search %s: probe %.1f s on %d rows, a bracket affords %d of %d rows",
@@ -1028,9 +1041,10 @@ def search_families(job: JobSpec, sample: pd.DataFrame | None, prefix: Prefix,
                     client=client, patience=job.train.early_stopping_rounds,
                     budget=search.budget)
         spread = f" ± {found.cv_std:.4f}" if found.cv_std is not None else ""
-        spent = (f" ({found.seconds:.0f} s of its {found.budget:.0f} s"
-                 + (f", on {found.rows:,} of {len(X_family):,} rows" if found.rows else "")
-                 + ")" if found.budget is not None else "")
+        spent = ""
+        if found.budget is not None:  # search: auto: how its share of the time went
+            share = f", on {found.rows:,} of {len(X_family):,} rows" if found.rows else ""
+            spent = f" ({found.seconds:.0f} s of its {found.budget:.0f} s{share})"
         if lap is not None:
             lap(f"search:{family}", f"{family}: {found.candidates} candidate(s), {found.method} "
                 f"search{spent}, best {job.primary_metric} = {fmt_metric(found.cv_mean)}"

@@ -159,10 +159,10 @@ def test_a_brackets_work_counts_each_rung_at_its_budget() -> None:
     on from their first third (rounds, epochs) or start afresh (rows)."""
     from pipeline.select import _bracket_work
 
-    assert _bracket_work(9, 3, continued=True) == pytest.approx(9 / 3 + 3 * 2 / 3)
-    assert _bracket_work(9, 3, continued=False) == pytest.approx(9 / 3 + 3)
-    assert _bracket_work(27, 3, continued=True) == pytest.approx(27 / 9 + 9 * 2 / 9 + 3 * 2 / 3)
-    assert _bracket_work(1, 3, continued=False) == 1.0
+    assert _bracket_work(9, 3, resumed=True) == pytest.approx(9 / 3 + 3 * 2 / 3)
+    assert _bracket_work(9, 3, resumed=False) == pytest.approx(9 / 3 + 3)
+    assert _bracket_work(27, 3, resumed=True) == pytest.approx(27 / 9 + 9 * 2 / 9 + 3 * 2 / 3)
+    assert _bracket_work(1, 3, resumed=False) == 1.0
 
 
 def test_a_rung_that_would_end_after_the_deadline_is_not_started(client) -> None:
