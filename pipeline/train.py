@@ -443,6 +443,8 @@ def _train_on(client: Any, params: Mapping[str, Any], X_train: Any, y_train: Any
 
     def progress(event: tuple[float, Mapping[str, Any]]) -> None:
         msg = event[1]
+        if msg["rounds"] <= 1:  # a random forest's single round: its fit line says it all
+            return
         logger.info("           boosting round %s/%s%s", f"{msg['round']:,}",
                     f"{msg['rounds']:,}", "".join(f", {k} {v:.4g}"
                                                   for k, v in msg["metrics"].items()))
