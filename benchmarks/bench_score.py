@@ -8,6 +8,16 @@ preprocessor, the booster's ``inplace_predict`` (2 threads), one Parquet file pe
 Both load the model inside the timing; best of two each, after an untimed warm-up (imports,
 numba compilation, page cache). Goal: >= 0.9x the loop.
 
+Numeric model (the issue #18 row): the Higgs-shaped set (:mod:`benchmarks.higgs`, 4M x 28
+float32 at scale 1.0, 250,000-row files) scored with an XGBoost model of 100 rounds trained by
+mlpipe on its first 1M rows, against the bare loop a user would write: pyarrow read ->
+``inplace_predict`` (2 threads) -> Parquet write of label and probability, no mlpipe code.
+Two ways, best of two each, interleaved: *cold* is ``mlpipe score`` (a fresh CLI process that
+starts its LocalCluster, loads and verifies the bundle) against the loop as a fresh
+``python`` process, both timed from the shell; *warm* is :func:`pipeline.scoring.score_to` on
+the bench's running cluster against the loop in this process with the booster loaded.
+Goal: >= 1.0x. mlpipe's side also checks the schema and sketches drift; the loop does neither.
+
 Memory: the peak RSS of the largest worker (sampled every 20 ms inside each worker process) while
 scoring 10M and 100M rows (at scale 1.0), each on freshly restarted workers. Goal: the peak at
 100M within 1.2x of the peak at 10M (nothing grows with the input).
@@ -58,6 +68,7 @@ def run(scale: float = 1.0) -> list[dict]:
             model_url = _train(inputs["train"], work / "mlpipe", client)
             rows = [_throughput(client, model_url, inputs["throughput"], sizes["throughput"],
                                 work)]
+            rows += _numeric(client, data_root, sizes["throughput"], work)
             rows += _memory(client, model_url, inputs["small"], inputs["large"],
                             sizes["small"], sizes["large"], work)
         return rows
@@ -86,14 +97,7 @@ def demo_data(root: Path, rows: int, client: Any) -> Path:
 
 def subset(full: Path, rows: int, where: Path) -> Path:
     """The first ``rows`` rows of the demo data, as hard links to its first parts."""
-    parts = sorted(full.glob("part-*.parquet"))[: rows // ROWS_PER_PART]
-    where.mkdir(parents=True)
-    for part in parts:
-        try:
-            os.link(part, where / part.name)
-        except OSError:  # another filesystem: a symlink reads the same
-            os.symlink(part, where / part.name)
-    return where
+    return subset_files(sorted(full.glob("part-*.parquet"))[: rows // ROWS_PER_PART], where)
 
 
 def _train(data: Path, output: Path, client: Any) -> str:
@@ -170,15 +174,14 @@ def _baseline(model_url: str, files: list[Path], out: Path) -> None:
                            out / f"part-{i:05d}-{group:03d}.parquet")
 
 
-def _same_predictions(ours: Path, baseline: Path) -> None:
+def _same_predictions(ours: Path, baseline: Path, ids: tuple[str, ...] = tuple(IDS)) -> None:
     """Both sides did the same work: the first part's predictions agree."""
     import numpy as np
     import pandas as pd
 
     a = pd.read_parquet(sorted(ours.glob("part-*.parquet"))[0])
     b = pd.read_parquet(sorted(baseline.glob("part-*.parquet"))[0])
-    assert len(a) == len(b) and (a["application_id"].to_numpy() ==
-                                 b["application_id"].to_numpy()).all()
+    assert len(a) == len(b) and all((a[c].to_numpy() == b[c].to_numpy()).all() for c in ids)
     np.testing.assert_allclose(a["proba"].to_numpy(), b["proba"].to_numpy(), atol=1e-6)
 
 
@@ -186,6 +189,97 @@ def _verify(manifest: dict, rows: int) -> None:
     if not manifest["rows_in"] == manifest["rows_out"] == rows:
         raise AssertionError(f"scored {manifest['rows_in']:,} rows in, "
                              f"{manifest['rows_out']:,} out; expected {rows:,}")
+
+
+# --------------------------------------------------------------------------- numeric model
+
+
+def _numeric(client: Any, data_root: Path, rows: int, work: Path) -> list[dict]:
+    import subprocess
+    import sys
+
+    from benchmarks.higgs import write_higgs
+    from pipeline.config import load_job
+    from pipeline.scoring import score_to
+    from pipeline.workflow import run as run_job
+
+    files = write_higgs(data_root / "higgs", rows)
+    train = subset_files(files[: max(1, len(files) // 4)], work / "higgs-train")
+    data = subset_files(files, work / "higgs-input")
+    result = run_job(load_job({"name": "higgs", "output": str(work / "higgs-model"),
+                               "data": {"train": str(train), "target": "label",
+                                        "task": "binary"},
+                               "models": {"xgboost": {"n_estimators": 100}}}), client=client)
+    model_url, run = result.model_url, result.run_url
+    repo = Path(__file__).resolve().parents[1]
+
+    def shell(*args: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *args], cwd=repo, check=True, capture_output=True)
+        return time.perf_counter() - start
+
+    def fresh(name: str) -> str:
+        shutil.rmtree(work / name, ignore_errors=True)
+        return str(work / name)
+
+    loop = "from benchmarks.bench_score import bare_loop; import sys; bare_loop(*sys.argv[1:])"
+    score_to(model_url, str(data), fresh("higgs-warm"), client=client)  # warm-up
+    bare_loop(run, str(data), fresh("higgs-loop"))
+    times: dict[str, list[float]] = {"cold": [], "cold_loop": [], "warm": [], "warm_loop": []}
+    for _ in range(2):
+        times["cold"].append(shell("-m", "pipeline.cli", "score", model_url, str(data),
+                                   fresh("higgs-cold")))
+        times["cold_loop"].append(shell("-c", loop, run, str(data), fresh("higgs-loop")))
+        start = time.perf_counter()
+        score_to(model_url, str(data), fresh("higgs-ours"), client=client)
+        times["warm"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        bare_loop(run, str(data), fresh("higgs-loop"))
+        times["warm_loop"].append(time.perf_counter() - start)
+    _same_predictions(work / "higgs-ours", work / "higgs-loop", ids=())
+    out = []
+    for way, what in (("cold", "mlpipe score CLI (cluster start, bundle load) vs a fresh "
+                               "python process"),
+                      ("warm", "score_to on a running cluster vs the loop in this process")):
+        ours, base = rows / min(times[way]), rows / min(times[f"{way}_loop"])
+        out.append({"benchmark": "score", "operation": f"numeric model, {what}",
+                    "size": f"{rows:,} rows x 28 float32", "ours": ours, "baseline": base,
+                    "baseline_name": "pyarrow read -> inplace_predict (2 threads) -> write",
+                    "unit": "rows/s", "ratio": ours / base, "goal": ">= 1.0x",
+                    "met": ours >= base})
+    return out
+
+
+def subset_files(files: list[Path], where: Path) -> Path:
+    """``files`` hard-linked (or symlinked) into a new directory ``where``."""
+    where.mkdir(parents=True)
+    for part in files:
+        try:
+            os.link(part, where / part.name)
+        except OSError:  # another filesystem: a symlink reads the same
+            os.symlink(part, where / part.name)
+    return where
+
+
+def bare_loop(run: str, data: str, out: str) -> None:
+    """The loop without mlpipe: read each file, predict with the booster, write label and
+    probability (the issue #18 baseline; the model file comes from the bundle's run)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    booster.load_model(str(Path(run) / "model.ubj"))
+    booster.set_param({"nthread": 2})
+    Path(out).mkdir()
+    for i, name in enumerate(sorted(Path(data).glob("*.parquet"))):
+        frame = pq.read_table(name, columns=booster.feature_names).to_pandas()
+        proba = booster.inplace_predict(frame, validate_features=False)
+        result = pd.DataFrame({"label": (proba >= 0.5).astype(np.int64), "proba": proba})
+        pq.write_table(pa.Table.from_pandas(result, preserve_index=False),
+                       Path(out) / f"part-{i:05d}.parquet")
 
 
 # --------------------------------------------------------------------------- memory

@@ -58,6 +58,13 @@ def test_local_cluster_is_loopback_with_numba_settings() -> None:
         assert dask.config.get("distributed.scheduler.no-workers-timeout") == "60s"
 
 
+def test_warm_runs_once_on_every_worker(client: object) -> None:
+    futures = cluster.warm(client, os.getpid)
+    pids = client.gather(futures)
+    assert sorted(pids) == sorted(client.run(os.getpid).values())
+    assert len({future.key for future in futures}) == len(futures)  # fresh keys every call
+
+
 def test_job_dask_config_wins_over_defaults() -> None:
     import dask
 
