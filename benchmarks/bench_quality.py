@@ -1,7 +1,8 @@
 """Quality: the default job against XGBoost's no-argument defaults and a hand-tuned XGBoost.
 
 For each public dataset (scikit-learn's bundled sets and generators, California housing and
-agaricus from ../shared/data, 50,000 rows of the demo's loan data at scale 1): one train/test split (seed 0, stratified for classification);
+agaricus from ../shared/data, 50,000 rows of the demo's loan data at scale 1): one train/test
+split (seed 0, stratified for classification);
 ``mlpipe run`` of the shortest job (data, target, task, output: no ``models:`` block, so
 ``search: auto`` with its default time budget) on the training rows, its bundle loaded with
 ``load_model`` and scored on the test rows; in the same

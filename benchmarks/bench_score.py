@@ -14,7 +14,7 @@ mlpipe on its first 1M rows, against the bare loop a user would write: pyarrow r
 ``inplace_predict`` (2 threads) -> Parquet write of label and probability, no mlpipe code.
 Two ways, best of two each, interleaved: *cold* is ``mlpipe score`` (a fresh CLI process that
 starts its LocalCluster, loads and verifies the bundle) against the loop as a fresh
-``python`` process, both timed from the shell; *warm* is :func:`pipeline.scoring.score_to` on
+``python`` process, each timed around its subprocess; *warm* is :func:`pipeline.scoring.score_to` on
 the bench's running cluster against the loop in this process with the booster loaded.
 Goal: >= 1.0x. mlpipe's side also checks the schema and sketches drift; the loop does neither.
 

@@ -491,5 +491,5 @@ def warm(client: Any, function: Any, *args: Any) -> list[Any]:
             for i, worker in enumerate(workers)]
 
 
-__all__ = ["connect", "resolve", "describe", "refuse_memory_urls", "warm", "check_package_versions", "validate_spec",
-           "build_spec", "explain", "Choice", "ClusterError", "InsecureClusterWarning", "EXTRAS"]
+__all__ = ["connect", "resolve", "describe", "refuse_memory_urls", "warm", "check_package_versions",
+           "validate_spec", "build_spec", "explain", "Choice", "ClusterError", "InsecureClusterWarning", "EXTRAS"]

@@ -902,9 +902,10 @@ def _affordable_rows(family: str, pipeline: Any, X: pd.DataFrame, y: np.ndarray,
     """The probe, and the rows of ``X`` a first bracket can search within ``seconds``.
 
     The probe cross-validates the family's defaults on ``probe_rows`` (:data:`PROBE_ROWS`
-    positions, a stratified random share); the bracket's cost is the probe's wall time times the bracket's work
-    (:func:`_bracket_work`) times the rows, taken as linear in the rows (histogram trees and
-    linear models are; the probe's fixed costs make the guess err on the small side)."""
+    positions, a stratified random share); the bracket's cost is the probe's wall time times
+    the bracket's work (:func:`_bracket_work`) times the rows, taken as linear in the rows
+    (histogram trees and linear models are; the probe's fixed costs make the guess err on the
+    small side)."""
     start = time.perf_counter()
     found = _search(family, pipeline, X.iloc[probe_rows], y[probe_rows], [{}],
                     method="halving", **engine)

@@ -435,7 +435,8 @@ def _train_on(client: Any, params: Mapping[str, Any], X_train: Any, y_train: Any
     if rounds <= 0:  # a checkpoint of the whole training: nothing left to do
         return {"booster": resume, "history": {}}
     done = _rounds(resume)
-    callbacks = [RoundProgress(done + rounds, start=done)]
+    # a random forest is one round of parallel trees: its fit line says it all
+    callbacks = [RoundProgress(done + rounds, start=done)] if done + rounds > 1 else []
     if checkpoint and every:
         callbacks.append(StoreCheckpoint(checkpoint, every, prior=prior))
     if stopping is not None and placed.X_valid is not None:
@@ -443,8 +444,6 @@ def _train_on(client: Any, params: Mapping[str, Any], X_train: Any, y_train: Any
 
     def progress(event: tuple[float, Mapping[str, Any]]) -> None:
         msg = event[1]
-        if msg["rounds"] <= 1:  # a random forest's single round: its fit line says it all
-            return
         logger.info("           boosting round %s/%s%s", f"{msg['round']:,}",
                     f"{msg['rounds']:,}", "".join(f", {k} {v:.4g}"
                                                   for k, v in msg["metrics"].items()))
