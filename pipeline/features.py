@@ -1,7 +1,7 @@
 """Feature engineering with the numba kernels, per partition, the same at training and scoring.
 
 :class:`KernelFeatures` takes the job's ``features:`` block. Stateful features learn their
-tables in ``fit`` (one ``dask.compute``, plus the passes of exact quantiles for bin edges) and
+tables in ``fit`` (all in the same passes: one, or two with bin edges; see ``fit_passes``) and
 carry them in the fitted transformer, which travels to each worker once; ``transform`` calls the
 kernels on each partition's numpy arrays.
 
@@ -29,7 +29,7 @@ key first (``workflow.py``), and scoring or serving must pass each key's history
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from itertools import combinations, permutations
 from typing import Any
 
@@ -39,14 +39,24 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import Tags
 from sklearn.utils.validation import check_is_fitted
 
-from pipeline.frames import apply, compute, meta_of, reduce_partitions, row_hash
+from pipeline.frames import (
+    INPUT,
+    ROWS,
+    EarlyRows,
+    apply,
+    meta_of,
+    reduce_partitions,
+    row_hash,
+    run_passes,
+    together,
+)
 from pipeline.frames import value_counts as _value_counts
 from pipeline.preprocess import (
     SchemaError,
     as_text_lazy,
     codes_of,
-    exact_quantiles,
     frame_tags,
+    quantile_passes,
     require_columns,
     validate_frame,
 )
@@ -102,57 +112,76 @@ class KernelFeatures(TransformerMixin, BaseEstimator):
         self.drop = drop
 
     def fit(self, X: Any, y: Any = None) -> KernelFeatures:
-        X = validate_frame(self, X, reset=True)
-        meta = meta_of(X)
+        run_passes(self.fit_passes(y), X)
+        return self
+
+    def fit_passes(self, y: Any = None, early: EarlyRows | None = None
+                   ) -> Generator[Any, Any, Callable[[Any], Any]]:
+        """:meth:`fit` as passes (:func:`pipeline.frames.run_fits`); on ``early`` rows when
+        they hold the columns the stateful features read as the input will. Returns the
+        transform of the training rows."""
         specs = [dict(f) for f in self.features]
-        check_features(specs, meta)
+        todo = [i for i, s in enumerate(specs) if learns(s)]
+        X = None
+        rows = early.frame if early is not None and todo else None
+        if rows is None or not early.covers(set().union(*(_reads(specs[i]) for i in todo))):
+            rows = X = validate_frame(self, (yield ROWS), reset=True)
+        check_features([specs[i] for i in todo] if X is None else specs, meta_of(rows))
         self.specs_ = specs
         self.tables_: dict[str, Any] = {}
         self.edges_: dict[str, np.ndarray] = {}
         self.lambdas_: dict[str, float] = {}
         # Features apply in order, so a stateful feature learns on its input as the earlier
         # features leave it (bins of log1p(x) are learned on log1p(x)). Stateful features that
-        # do not read a column rewritten by another unfitted one are fitted together, in one
-        # round: usually all of them.
-        todo = [i for i, s in enumerate(specs) if learns(s)]
+        # do not read a column rewritten by another unfitted one are fitted together, in the
+        # same passes: usually all of them.
         while todo:
             ready = [i for i in todo
                      if not any(j < i and _writes(specs[j]) & _reads(specs[i]) for j in todo)]
-            self._fit_round(X, ready, skip=set(todo))
+            yield from together([self._learn(i, self._learning_input(rows, i, set(todo)))
+                                 for i in ready])
             todo = [i for i in todo if i not in ready]
+        if X is None:
+            X = validate_frame(self, (yield INPUT), reset=True)
+            check_features(specs, meta_of(X))
         self.kernels_used_ = sorted({k for s in specs for k in KERNELS_OF[s["kernel"]]})
-        return self
+        return self.transform
 
-    def _fit_round(self, X: Any, ready: list[int], skip: set[int]) -> None:
-        """Learn the tables of the ``ready`` features (each on its own input) together."""
-        inputs = {i: apply(X, lambda df, i=i: self._transform(df, upto=i, skip=skip))
-                  for i in ready}
-        lazy: dict[str, Any] = {}
-        power: dict[int, list[str]] = {}
-        for i in ready:
-            spec = self.specs_[i]
-            if spec["kernel"] == "count":
-                for c in spec["columns"]:
-                    lazy[c] = _value_counts(as_text_lazy(inputs[i][c]))
-            elif spec["kernel"] in ("yeo_johnson", "box_cox"):
-                power[i] = list(spec["columns"])
-                lazy[f"rows:{i}"] = inputs[i].shape[0]
-        (got,) = compute(lazy)
-        for i in ready:
-            spec = self.specs_[i]
-            if spec["kernel"] == "count":
-                for c in spec["columns"]:
-                    vocab = np.array(sorted(str(v) for v in got[c].index), dtype=object)
-                    counts = got[c].rename(index=str).reindex(vocab)
-                    self.tables_[c] = (vocab, counts.to_numpy(dtype=np.int64))
-            elif spec["kernel"] == "bin":
-                n_bins = int(spec.get("n_bins", 10))
-                q = list(np.linspace(0, 1, n_bins + 1)[1:-1])
-                found = exact_quantiles(inputs[i], {c: q for c in spec["columns"]})
-                self.edges_.update({c: _edges(v) for c, v in found.items()})
-            elif i in power:
-                self.lambdas_.update(_power_lambdas(inputs[i], spec, power[i],
-                                                    int(got[f"rows:{i}"])))
+    def rewrites(self, meta: pd.DataFrame) -> set[str]:
+        """Columns whose values the transform changes (see :class:`EarlyRows`)."""
+        return set().union(*(_writes(dict(f)) for f in self.features))
+
+    def _learning_input(self, X: Any, i: int, unfitted: set[int]) -> Any:
+        """The columns feature ``i`` reads, as the fitted features before it leave them: only
+        those rewriting them in place are applied (none, usually: then no transform at all)."""
+        columns, chain = set(_reads(self.specs_[i])), set()
+        for j in range(i - 1, -1, -1):
+            if j not in unfitted and _writes(self.specs_[j]) & columns:
+                chain.add(j)
+                columns |= _reads(self.specs_[j])
+        rows = X[[c for c in meta_of(X).columns if c in columns]]
+        if not chain:
+            return rows
+        skipped = set(range(i)) - chain
+        return apply(rows, lambda df: self._transform(df, upto=i, skip=skipped))
+
+    def _learn(self, i: int, X: Any) -> Generator[Any, Any, None]:
+        """Feature ``i``'s table, as passes over its input ``X``."""
+        spec = self.specs_[i]
+        if spec["kernel"] == "count":
+            got = yield {c: _value_counts(as_text_lazy(X[c])) for c in spec["columns"]}
+            for c in spec["columns"]:
+                vocab = np.array(sorted(str(v) for v in got[c].index), dtype=object)
+                counts = got[c].rename(index=str).reindex(vocab)
+                self.tables_[c] = (vocab, counts.to_numpy(dtype=np.int64))
+        elif spec["kernel"] == "bin":
+            n_bins = int(spec.get("n_bins", 10))
+            q = list(np.linspace(0, 1, n_bins + 1)[1:-1])
+            found = yield from quantile_passes(X, {c: q for c in spec["columns"]})
+            self.edges_.update({c: _edges(v) for c, v in found.items()})
+        elif spec["kernel"] in ("yeo_johnson", "box_cox"):
+            lambdas = yield from _power_lambdas(X, spec, list(spec["columns"]))
+            self.lambdas_.update(lambdas)
 
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "specs_")
@@ -257,19 +286,20 @@ def _edges(quantiles: np.ndarray) -> np.ndarray:
     return np.unique(q)  # strictly increasing; ties collapse into one edge
 
 
-def _power_lambdas(X: Any, spec: Mapping[str, Any], columns: list[str],
-                   rows: int) -> dict[str, float]:
+def _power_lambdas(X: Any, spec: Mapping[str, Any], columns: list[str]
+                   ) -> Generator[Any, Any, dict[str, float]]:
     """MLE lambdas on a content-hashed sample (the same rows whatever the partitioning)."""
     import kernels
 
-    share = min(1.0, POWER_SAMPLE_ROWS / max(rows, 1))
+    rows = yield X.shape[0]
+    share = min(1.0, POWER_SAMPLE_ROWS / max(int(rows), 1))
     threshold = np.uint64(min(int(share * 2**64), 2**64 - 1))
 
     def take(df: pd.DataFrame) -> pd.DataFrame:
         keep = row_hash(df[columns], 7) <= threshold if share < 1 else np.ones(len(df), bool)
         return df.loc[keep, columns]
 
-    (sample,) = compute(reduce_partitions(X[columns], take, lambda *p: pd.concat(p)))
+    sample = yield reduce_partitions(X[columns], take, lambda *p: pd.concat(p))
     out = {}
     for c in columns:
         x = _floats(sample[c])

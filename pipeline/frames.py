@@ -7,7 +7,8 @@ frame ends in exactly the state it would reach on the computed pandas frame.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,102 @@ def _leaves(values: Any) -> list[Any]:
         else:
             out.append(v)
     return out
+
+
+#: what a fit written as passes (:func:`run_fits`) yields to receive its own input frame:
+#: INPUT to look at its columns, ROWS to compute over it (the driver may persist it first)
+INPUT = "<the step's input>"
+ROWS = "<the step's input, to read>"
+
+
+@dataclass(frozen=True)
+class EarlyRows:
+    """Rows a pipeline step may learn from before the steps ahead of it are fitted.
+
+    ``frame`` is the pipeline's first frame (its schema's output). A step whose statistics
+    read only columns of ``frame`` that no step ahead of it rewrites (``rewritten``) sees
+    there exactly the values its own input will hold, so it can gather them in the same
+    passes as the steps ahead (:func:`run_fits`).
+    """
+
+    frame: Any
+    rewritten: frozenset[str]
+
+    def covers(self, columns: Iterable[str]) -> bool:
+        have = set(meta_of(self.frame).columns)
+        return all(c in have and c not in self.rewritten for c in columns)
+
+
+def run_passes(passes: Generator[Any, Any, Any], X: Any = None) -> Any:
+    """Drive one fit written as passes (see :func:`run_fits`) alone, on ``X``; its result."""
+    [result] = run_fits([passes], lambda i, done, rows: X)
+    return result
+
+
+def together(passes: Sequence[Generator[Any, Any, Any]]) -> Generator[Any, Any, list[Any]]:
+    """Several fits' passes as one: each pass asks for what all of them ask for at once.
+
+    The parts must not ask for their input (:data:`INPUT`, :data:`ROWS`); returns their
+    results in order.
+    """
+    results: list[Any] = [None] * len(passes)
+    send: dict[int, Any] = dict.fromkeys(range(len(passes)))
+    while send:
+        asked = {}
+        for i, value in send.items():
+            try:
+                asked[i] = passes[i].send(value)
+            except StopIteration as stop:
+                results[i] = stop.value
+        if not asked:
+            break
+        got = yield asked
+        send = {i: got[i] for i in asked}
+    return results
+
+
+def _asks_input(request: Any) -> bool:
+    return request is INPUT or request is ROWS  # identity: a lazy value compares lazily
+
+
+def run_fits(fits: Sequence[Generator[Any, Any, Any]],
+             input_of: Callable[[int, list[Any], bool], Any]) -> list[Any]:
+    """Fits written as generators, driven in lockstep: their passes shared, one compute each.
+
+    A fit yields a dict of lazy values and is sent them computed; every fit waiting on a
+    pass is answered by the same :func:`compute`, so the statistics of steps that do not
+    depend on each other are gathered together. A fit that needs its own input frame yields
+    :data:`INPUT` (or :data:`ROWS`) and is sent ``input_of(i, done, rows)`` once every fit
+    before it has returned (``done``: their results, in order; ``rows``: it asked for ROWS).
+    Returns each fit's result (its ``return`` value).
+    """
+    n = len(fits)
+    results: list[Any] = [None] * n
+    finished = [False] * n
+    asked: dict[int, Any] = {}  # what each paused fit waits for: lazy values, INPUT or ROWS
+    send: dict[int, Any] = dict.fromkeys(range(n))
+    while not all(finished):
+        for i in range(n):  # in order: a fit's input is ready once those before it end
+            if _asks_input(asked.get(i)) and all(finished[:i]):
+                send[i] = input_of(i, results[:i], asked.pop(i) is ROWS)
+            while i in send:
+                try:
+                    request = fits[i].send(send.pop(i))
+                except StopIteration as stop:
+                    results[i], finished[i] = stop.value, True
+                    break
+                if _asks_input(request) and all(finished[:i]):
+                    send[i] = input_of(i, results[:i], request is ROWS)
+                else:
+                    asked[i] = request
+        # the first unfinished fit waits on a pass here (its input would have been given)
+        lazy = {i: r for i, r in asked.items() if not _asks_input(r)}
+        if lazy:
+            (got,) = compute(lazy)
+            for i in lazy:
+                send[i] = got[i]
+                del asked[i]
+    return results
 
 
 def value_counts(series: Any) -> Any:

@@ -1,8 +1,11 @@
 """Preprocessing transformers that work the same on pandas and on dask DataFrames.
 
 Every step is a scikit-learn transformer: ``__init__`` stores parameters, ``fit`` validates,
-computes its statistics (on a dask frame: in one ``dask.compute``; exact quantiles take a few
-more passes over the persisted data) and ends learned state in ``_``; ``transform`` is one pandas
+computes its statistics (on a dask frame: in one ``dask.compute``; exact quantiles take one
+more pass, sometimes two) and ends learned state in ``_``. The steps of the shared prefix
+(cleaner, clipper, encoder; :class:`~pipeline.features.KernelFeatures`) also have
+``fit_passes``, the same fit as passes that :func:`pipeline.frames.run_fits` shares between
+steps, and ``rewrites``, the columns their transform changes. ``transform`` is one pandas
 function applied directly to a pandas frame or lazily with ``map_partitions`` to a dask frame
 (see :mod:`pipeline.frames`). So scoring, serving and training run the same code, and the fitted
 state holds only plain values and numpy arrays (saved with skops, never pickle).
@@ -23,7 +26,7 @@ columns, scaling where the family needs it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,12 +36,16 @@ from sklearn.utils import Tags
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from pipeline.frames import (
+    INPUT,
+    ROWS,
+    EarlyRows,
     apply,
     compute,
     is_dask,
     meta_of,
     reduce_partitions,
     row_hash,
+    run_passes,
     with_column,
 )
 from pipeline.frames import value_counts as _value_counts
@@ -160,12 +167,14 @@ def exact_quantiles(X: Any, wanted: Mapping[str, Sequence[float]]) -> dict[str, 
     """Exact quantiles (numpy's "linear" method) of numeric columns of a pandas or dask frame.
 
     Radix selection on the order-preserving 64-bit keys of the values: each pass counts the
-    next 16 bits of the keys that share the already-known prefix, in one ``dask.compute`` for
-    every column and quantile together; once the bucket holding a wanted order statistic has
-    at most ``_COLLECT`` values they are fetched and the answer read off. Typically 2-3 passes
-    over the (persisted) data; nothing but digit counts and a few small buckets reach the
-    driver. The result depends only on the values, never on the partitioning, so a dask fit
-    equals a pandas fit. NaN are ignored; a column with no values gives NaN.
+    next 16 bits of the keys that share the already-known prefix (with the smallest and
+    largest key under each count), in one ``dask.compute`` for every column and quantile
+    together; a wanted order statistic is known once its bucket holds one distinct value, or
+    fetched once the bucket has at most ``_COLLECT`` values. Usually 2 passes over the
+    (persisted) data, 3 for wide continuous buckets; nothing but digit counts and a few small
+    buckets reach the driver. The result depends only on the values, never on the
+    partitioning, so a dask fit equals a pandas fit. NaN are ignored; a column with no values
+    gives NaN. :func:`quantile_passes` is the same as passes to share with other fits.
 
     Examples
     --------
@@ -173,18 +182,24 @@ def exact_quantiles(X: Any, wanted: Mapping[str, Sequence[float]]) -> dict[str, 
     >>> exact_quantiles(df, {"a": [0.0, 0.5, 1.0]})["a"].tolist()
     [1.0, 2.5, 10.0]
     """
+    return run_passes(quantile_passes(X, wanted))
+
+
+def quantile_passes(X: Any, wanted: Mapping[str, Sequence[float]]
+                    ) -> Generator[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
+    """:func:`exact_quantiles` as passes (see :func:`pipeline.frames.run_fits`)."""
     columns = [c for c in wanted if len(wanted[c])]
     if not columns:
         return {}
     # the first pass: every column's top 16 bits; its total is the column's count
     top = tuple((c, 0, 0) for c in columns)
-    (first,) = compute(reduce_partitions(X[columns], lambda df: _histograms(df, top),
-                                         _merge_histograms))
-    counts = {c: int(first[(c, 0, 0)][1].sum()) for c in columns}
+    first = yield {"hist": reduce_partitions(X[columns], lambda df: _histograms(df, top),
+                                             _merge_histograms)}
+    counts = {c: int(first["hist"][(c, 0, 0)][1].sum()) for c in columns}
     # per (column, rank): [prefix, known bits, rank inside the bucket, bucket size]
     state = {(c, r): [0, 0, r, counts[c]] for c in columns for r in _ranks(counts[c], wanted[c])}
     found: dict[tuple[str, int], float] = {}
-    _descend(state, found, {"hist": first})
+    _descend(state, found, first)
     while len(found) < len(state):
         open_ = {k: v for k, v in state.items() if k not in found}
         collect = sorted({(c, p, b) for (c, _), (p, b, _, n) in open_.items() if n <= _COLLECT})
@@ -198,7 +213,7 @@ def exact_quantiles(X: Any, wanted: Mapping[str, Sequence[float]]) -> dict[str, 
             lazy["values"] = reduce_partitions(
                 X[sorted({c for c, _, _ in collect})],
                 lambda df, v=tuple(collect): _bucket_values(df, v), _merge_values)
-        (got,) = compute(lazy)
+        got = yield lazy
         _descend(state, found, got)
     out = {}
     for c in columns:
@@ -225,15 +240,15 @@ def _descend(state: dict, found: dict, got: Mapping[str, dict]) -> None:
         if request in got.get("values", {}):
             found[key] = float(np.sort(got["values"][request])[rank])
             continue
-        digits, cnt = got["hist"][request]
+        digits, cnt, low, high = got["hist"][request]
         cum = np.cumsum(cnt)
         i = int(np.searchsorted(cum, rank, side="right"))
         below = int(cum[i - 1]) if i else 0
         bits += _DIGIT_BITS
         prefix |= int(digits[i]) << (64 - bits)
         state[key] = [prefix, bits, rank - below, int(cnt[i])]
-        if bits == 64:
-            found[key] = float(_from_key(np.array([prefix], dtype=np.uint64))[0])
+        if bits == 64 or low[i] == high[i]:  # the bucket holds one distinct value
+            found[key] = float(_from_key(high[i:i + 1])[0])
 
 
 def _ranks(n: int, quantiles: Sequence[float]) -> set[int]:
@@ -260,26 +275,34 @@ def _matching(values: pd.Series, prefix: int, bits: int) -> np.ndarray:
 
 
 def _histograms(df: pd.DataFrame, requests: tuple) -> dict:
+    """Per request: the next 16-bit digits present, their counts, smallest and largest keys."""
     out = {}
     for c, prefix, bits in requests:
-        keys = _matching(df[c], prefix, bits)
-        digits = (keys >> np.uint64(64 - bits - _DIGIT_BITS)) & np.uint64(0xFFFF)
-        out[(c, prefix, bits)] = np.unique(digits.astype(np.int64), return_counts=True)  # sorted
+        keys = np.sort(_matching(df[c], prefix, bits))
+        digits = ((keys >> np.uint64(64 - bits - _DIGIT_BITS)) & np.uint64(0xFFFF)).astype(
+            np.int64)
+        starts = np.flatnonzero(np.diff(digits, prepend=-1))  # sorted: each digit's first key
+        ends = np.append(starts[1:], len(keys))[:len(starts)] - 1
+        out[(c, prefix, bits)] = (digits[starts], ends - starts + 1, keys[starts], keys[ends])
     return out
 
 
 def _merge_histograms(*parts: dict) -> dict:
     out: dict = {}
     for part in parts:
-        for key, (digits, counts) in part.items():
+        for key, (digits, counts, low, high) in part.items():
             if key in out:
-                d, c = out[key]
+                d, c, lo, hi = out[key]
                 digits, inverse = np.unique(np.concatenate([d, digits]), return_inverse=True)
                 merged = np.zeros(len(digits), dtype=np.int64)
                 np.add.at(merged, inverse, np.concatenate([c, counts]))
-                out[key] = (digits, merged)
+                smallest = np.full(len(digits), np.iinfo(np.uint64).max, dtype=np.uint64)
+                np.minimum.at(smallest, inverse, np.concatenate([lo, low]))
+                largest = np.zeros(len(digits), dtype=np.uint64)
+                np.maximum.at(largest, inverse, np.concatenate([hi, high]))
+                out[key] = (digits, merged, smallest, largest)
             else:
-                out[key] = (digits, counts.astype(np.int64))
+                out[key] = (digits, counts.astype(np.int64), low, high)
     return out
 
 
@@ -425,12 +448,19 @@ class ColumnCleaner(TransformerMixin, BaseEstimator):
         self.protect = protect
 
     def fit(self, X: Any, y: Any = None) -> ColumnCleaner:
-        X = validate_frame(self, X, reset=True)
+        run_passes(self.fit_passes(y), X)
+        return self
+
+    def fit_passes(self, y: Any = None, early: EarlyRows | None = None
+                   ) -> Generator[Any, Any, Callable[[Any], Any]]:
+        """:meth:`fit` as passes (:func:`pipeline.frames.run_fits`); returns the transform
+        of the training rows."""
+        X = validate_frame(self, (yield ROWS), reset=True)  # it reads every column
         meta = meta_of(X)
         numbers, texts = numeric_columns(meta), categorical_columns(meta)
         # one task per partition for every column (dask's own reductions: three per column)
-        (got,) = compute(reduce_partitions(
-            X, lambda df: _column_stats(df, numbers, texts), _merge_column_stats))
+        got = yield reduce_partitions(
+            X, lambda df: _column_stats(df, numbers, texts), _merge_column_stats)
         dropped = []
         for c in meta.columns:
             if c in set(self.protect):  # named elsewhere in the job: keep, the job decides
@@ -444,12 +474,19 @@ class ColumnCleaner(TransformerMixin, BaseEstimator):
         self.dropped_ = dropped
         drop = {d["column"] for d in dropped}
         self.columns_ = np.array([c for c in meta.columns if c not in drop], dtype=object)
-        return self
+        return self.transform
+
+    def rewrites(self, meta: pd.DataFrame) -> set[str]:
+        """Columns whose values the transform changes (see :class:`EarlyRows`): none."""
+        return set()
 
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "columns_")
         columns = list(self.columns_)
-        return apply(validate_frame(self, X, reset=False), lambda df: df[columns])
+        X = validate_frame(self, X, reset=False)
+        if is_dask(X) and list(X.columns) == columns:
+            return X  # nothing dropped: no task (persisted rows stay the same keys)
+        return apply(X, lambda df: df[columns])
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self, "columns_")
@@ -507,13 +544,33 @@ class QuantileClipper(TransformerMixin, BaseEstimator):
         self.columns = columns
 
     def fit(self, X: Any, y: Any = None) -> QuantileClipper:
-        X = validate_frame(self, X, reset=True)
-        meta = meta_of(X)
-        columns = list(self.columns) if self.columns is not None else numeric_columns(meta)
-        require_columns(columns, meta, "preprocess.clip.columns", numeric=True)
-        q = exact_quantiles(X, {c: [self.lower, self.upper] for c in columns})
-        self.bounds_ = {c: (float(q[c][0]), float(q[c][1])) for c in columns}
+        run_passes(self.fit_passes(y), X)
         return self
+
+    def fit_passes(self, y: Any = None, early: EarlyRows | None = None
+                   ) -> Generator[Any, Any, Callable[[Any], Any]]:
+        """:meth:`fit` as passes (:func:`pipeline.frames.run_fits`); on ``early`` rows when
+        they hold its columns as its input will. Returns the transform of the training rows."""
+        X = None
+        rows = early.frame if early is not None else None
+        if rows is None or not early.covers(self._columns(meta_of(rows))):
+            rows = X = validate_frame(self, (yield ROWS), reset=True)
+        columns = self._columns(meta_of(rows))
+        require_columns(columns, meta_of(rows), "preprocess.clip.columns", numeric=True)
+        q = yield from quantile_passes(rows, {c: [self.lower, self.upper] for c in columns})
+        if X is None:
+            X = validate_frame(self, (yield INPUT), reset=True)
+        columns = self._columns(meta_of(X))  # early rows may have had more (cleaned away)
+        require_columns(columns, meta_of(X), "preprocess.clip.columns", numeric=True)
+        self.bounds_ = {c: (float(q[c][0]), float(q[c][1])) for c in columns}
+        return self.transform
+
+    def rewrites(self, meta: pd.DataFrame) -> set[str]:
+        """Columns whose values the transform changes (see :class:`EarlyRows`)."""
+        return set(self._columns(meta))
+
+    def _columns(self, meta: pd.DataFrame) -> list[str]:
+        return list(self.columns) if self.columns is not None else numeric_columns(meta)
 
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "bounds_")
@@ -853,34 +910,41 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
     # -- fit ---------------------------------------------------------------------------------
 
     def fit(self, X: Any, y: Any = None) -> CategoricalEncoder:
-        self._fit(validate_frame(self, X, reset=True), y, out_of_fold=False)
+        run_passes(self.fit_passes(y), X)
         return self
 
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         """Fit, then encode the training rows themselves out-of-fold (target encoding)."""
-        X = validate_frame(self, X, reset=True)
-        oof = self._fit(X, y, out_of_fold=True)
-        return self._apply(X, y, oof)
+        return run_passes(self.fit_passes(y), X)(X)
 
-    def _fit(self, X: Any, y: Any, *, out_of_fold: bool) -> dict[str, Any]:
-        meta = meta_of(X)
-        encodings = {c: dict(spec) for c, spec in (self.encodings or {}).items()}
-        require_columns(list(encodings), meta, "preprocess.encode", numeric=False)
-        if self.default:
-            for c in categorical_columns(meta):
-                encodings.setdefault(c, {"method": self.default})
+    def fit_passes(self, y: Any = None, early: EarlyRows | None = None
+                   ) -> Generator[Any, Any, Callable[[Any], Any]]:
+        """:meth:`fit` as passes (:func:`pipeline.frames.run_fits`): the vocabularies on
+        ``early`` rows when they hold its columns as its input will, the target statistics on
+        its input (the folds hash every column). Returns the transform of the training rows:
+        target encodings out-of-fold."""
+        X = None
+        rows = early.frame if early is not None else None
+        if rows is None or not early.covers(self.rewrites(meta_of(rows))):
+            rows = X = validate_frame(self, (yield ROWS), reset=True)
+        encodings = self._encodings(meta_of(rows))
         needs_vocab = [c for c, s in encodings.items() if s["method"] != "hash"]
         targets = [c for c, s in encodings.items() if s["method"] == "target"]
         if targets and y is None:
             raise ValueError(f"target encoding of {targets} needs the target: fit(X, y)")
-        lazy: dict[str, Any] = {"counts": {c: _value_counts(as_text_lazy(X[c]))
+        lazy: dict[str, Any] = {"counts": {c: _value_counts(as_text_lazy(rows[c]))
                                            for c in needs_vocab}}
         if targets:
             lazy["prior"] = _target_mean(y, self.n_classes)
-        (got,) = compute(lazy)
+        got = yield lazy
+        if X is None:  # the target statistics read the input itself (folds hash every column)
+            X = validate_frame(self, (yield ROWS if targets else INPUT), reset=True)
+            encodings = self._encodings(meta_of(X))  # early rows may have had more columns
         self.vocabulary_ = {}
         self.tables_ = {}
         for c in needs_vocab:
+            if c not in encodings:
+                continue
             spec = encodings[c]
             counts = got["counts"][c]
             if spec["method"] in ("onehot", "ordinal", "native"):
@@ -903,24 +967,38 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
             | ({"target_stats_folds", "target_encode", "target_encode_oof"}
                if "target" in methods else set())
             | ({"hash_bytes"} if "hash" in methods else set()))
+        targets = [c for c in targets if c in encodings]
         if targets:
-            total, rows = got["prior"]
-            self.prior_ = np.asarray(total, dtype=np.float64) / max(int(rows), 1)
+            total, rows_seen = got["prior"]
+            self.prior_ = np.asarray(total, dtype=np.float64) / max(int(rows_seen), 1)
         else:
             self.prior_ = np.zeros(0)
         oof: dict[str, Any] = {}
         if targets:
-            stats = _target_statistics(X, y, targets, self.vocabulary_, encodings,
-                                       self.n_classes, self.seed)
-            (stats,) = compute(stats)
+            stats = yield _target_statistics(X, y, targets, self.vocabulary_, encodings,
+                                             self.n_classes, self.seed)
             self.target_sums_ = {c: stats[c][0].sum(axis=0) for c in targets}
             self.target_counts_ = {c: stats[c][1].sum(axis=0) for c in targets}
-            if out_of_fold:
-                oof = {c: stats[c] for c in targets}
+            oof = {c: stats[c] for c in targets}
         else:
             self.target_sums_, self.target_counts_ = {}, {}
         self.feature_names_out_ = None
-        return oof
+        if not oof:
+            return self.transform
+        return lambda frame: self._apply(validate_frame(self, frame, reset=False), y, oof)
+
+    def rewrites(self, meta: pd.DataFrame) -> set[str]:
+        """Columns whose values the transform changes (see :class:`EarlyRows`)."""
+        return set(self.encodings or {}) | set(categorical_columns(meta) if self.default else ())
+
+    def _encodings(self, meta: pd.DataFrame) -> dict[str, dict[str, Any]]:
+        """Each encoded column's spec: the declared ones, then ``default`` for the rest."""
+        encodings = {c: dict(spec) for c, spec in (self.encodings or {}).items()}
+        require_columns(list(encodings), meta, "preprocess.encode", numeric=False)
+        if self.default:
+            for c in categorical_columns(meta):
+                encodings.setdefault(c, {"method": self.default})
+        return encodings
 
     # -- transform ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.features import KernelFeatures, check_features, learns
+from pipeline.features import KernelFeatures, check_features
 from pipeline.preprocess import (
     CategoricalEncoder,
     ColumnCleaner,
@@ -170,26 +170,46 @@ def fit_prefix(job: JobSpec, parts: Parts, feature_columns: Sequence[str],
                classes: Sequence[Any] | None, client: Client) -> Prefix:
     """Fit the shared prefix on the training rows; transform and persist train and valid.
 
-    The steps are fitted in order, each with ``fit_transform`` (the target encodings of the
-    training rows themselves are out-of-fold). A step that learns from the rows is fitted on
-    its input persisted: its passes (exact quantiles take a few) read the output of the steps
-    before it from memory instead of recomputing them in every pass. The intermediate frames
-    are released as the next one replaces them (memory: the training rows, one intermediate
-    copy and the one being made).
+    The schema's output is persisted (the rows every step learns from), then the steps are
+    fitted together (:func:`pipeline.frames.run_fits`): each step gathers its statistics in
+    the same passes as the steps before it wherever it reads columns they leave unchanged
+    (:class:`~pipeline.frames.EarlyRows`: the cleaner's column statistics, the clipper's
+    quantiles, the features' tables and the encoders' vocabularies usually share the first
+    pass), and waits for its own input (the earlier steps' transforms, lazily) where it does
+    not (the target encodings' out-of-fold statistics hash every column). The training rows
+    come out of each step's training transform (target encodings out-of-fold). Memory: the
+    training rows, their schema copy and the result.
     """
     import dask
     from distributed import wait
     from sklearn.pipeline import Pipeline
 
+    from pipeline.frames import EarlyRows, meta_of, run_fits
+
     prefix = Pipeline(prefix_steps(job, feature_columns, len(classes) if classes else None))
     y_train, y_valid = target(parts.train, job, classes), target(parts.valid, job, classes)
-    X_train, persisted = parts.train, True
-    for _, step in prefix.steps:
-        if not persisted and _reads_rows(step):
-            X_train = client.persist(X_train)
-            wait(X_train)
-        X_train = step.fit_transform(X_train, y_train)
-        persisted = False
+    (_, schema), *rest = prefix.steps
+    base = client.persist(schema.fit_transform(parts.train))
+    wait(base)
+    fits, rewritten = [], set()
+    for _, step in rest:
+        fits.append(step.fit_passes(y_train, EarlyRows(base, frozenset(rewritten))))
+        rewritten |= step.rewrites(meta_of(base))
+
+    inputs = {0: base}  # step i's input (the training transforms of those before it)
+
+    def training(i: int, done: list[Any], rows: bool) -> Any:
+        start = max(k for k in inputs if k <= i)
+        X = inputs[start]
+        for transform in done[start:i]:
+            X = transform(X)
+        if rows and i not in inputs:  # read, then transformed: computed once, kept
+            X = client.persist(X)
+            wait(X)
+            inputs[i] = X
+        return X
+
+    X_train = training(len(fits), run_fits(fits, training), rows=False)
     X_valid = prefix.transform(parts.valid)
     X_train, y_train, X_valid, y_valid = client.persist([X_train, y_train, X_valid, y_valid])
     wait([X_train, y_train, X_valid, y_valid])
@@ -197,13 +217,3 @@ def fit_prefix(job: JobSpec, parts: Parts, feature_columns: Sequence[str],
                                                parts.holdout.shape[0])
     return Prefix(prefix, X_train, y_train, X_valid, y_valid,
                   rows={"train": int(n_train), "valid": int(n_valid), "holdout": int(n_holdout)})
-
-
-def _reads_rows(step: Any) -> bool:
-    """Whether fitting ``step`` computes over the rows (the schema looks at the columns only,
-    and features without a learned table learn nothing)."""
-    if isinstance(step, InputSchema):
-        return False
-    if isinstance(step, KernelFeatures):
-        return any(learns(f) for f in step.features)
-    return True

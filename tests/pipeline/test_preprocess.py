@@ -25,6 +25,7 @@ from pipeline.preprocess import (
     Scaler,
     SchemaError,
     exact_quantiles,
+    quantile_passes,
 )
 
 
@@ -151,6 +152,33 @@ def test_exact_quantiles_need_more_than_one_pass_on_big_buckets() -> None:
     got = exact_quantiles(dd.from_pandas(df, npartitions=4), {"v": [0.5, 0.9]})["v"]
     np.testing.assert_allclose(got, np.quantile(df["v"], [0.5, 0.9]), rtol=1e-15)
 
+
+
+def _passes(df: pd.DataFrame, wanted: dict) -> tuple[int, dict]:
+    """The passes :func:`quantile_passes` asks for, and its answer (pandas: no cluster)."""
+    passes, request, reply = 0, None, None
+    run = quantile_passes(df, wanted)
+    try:
+        while True:
+            request = run.send(reply)
+            passes, reply = passes + 1, request  # on pandas, each request is already computed
+    except StopIteration as stop:
+        return passes, stop.value
+
+
+def test_exact_quantiles_of_repeated_values_take_two_passes() -> None:
+    # 200,000 whole-number scores: each 16-bit bucket spans many values, far over the
+    # collect limit, but the second pass sees each value alone under its digit
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"score": rng.integers(300, 851, 200_000).astype(float)})
+    qs = list(np.linspace(0, 1, 21)[1:-1])
+    passes, got = _passes(df, {"score": qs})
+    assert passes == 2
+    np.testing.assert_array_equal(got["score"], np.quantile(df["score"], qs))
+    wide = pd.DataFrame({"v": 1.0 + rng.random(200_000) * 1e-9})
+    passes, got = _passes(wide, {"v": [0.5]})
+    assert passes > 2  # distinct values: the bucket is fetched once it is small enough
+    assert got["v"][0] == np.quantile(wide["v"], 0.5)
 
 # --------------------------------------------------------------------------- transformers
 
