@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.preprocess import InputSchema
+if TYPE_CHECKING:
+    from pipeline.preprocess import InputSchema
 
 
 class Predictor:
@@ -142,11 +143,7 @@ class Predictor:
         return _typed(classes[codes], self.classes)
 
     def prediction_columns(self) -> list[str]:
-        if self.task == "regression":
-            return ["prediction"]
-        if self.task == "binary":
-            return ["label", "proba"]
-        return ["label", *(f"proba_{c}" for c in self.classes)]
+        return prediction_columns(self.task, self.classes)
 
     def predict_frame(self, df: pd.DataFrame, id_columns: Sequence[str] = ()) -> pd.DataFrame:
         """Id columns (passed through) then the prediction columns, one row per input row.
@@ -215,3 +212,12 @@ def _typed(values: np.ndarray, classes: Sequence[Any]) -> np.ndarray:
 
 def _is_booster(model: Any) -> bool:
     return type(model).__name__ == "Booster" and type(model).__module__.startswith("xgboost")
+
+
+def prediction_columns(task: str, classes: Sequence[Any] | None) -> list[str]:
+    """The columns :meth:`Predictor.predict_frame` adds after the id columns."""
+    if task == "regression":
+        return ["prediction"]
+    if task == "binary":
+        return ["label", "proba"]
+    return ["label", *(f"proba_{c}" for c in classes or ())]

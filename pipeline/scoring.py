@@ -47,6 +47,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -135,18 +136,49 @@ def _predict_partition(df: Any, predictor: Any, id_columns: list[str]) -> Any:
     return predictor.predict_frame(df, id_columns)
 
 
-def _warm_worker() -> None:
+def _warm_worker(model: _Model) -> None:
     """A scoring task's first-time costs, paid ahead (:func:`cluster.warm`): the imports of
     the predictor, its preprocessing classes, XGBoost and the Parquet writer (1.4 s on a
-    fresh worker), and numba's load of the drift sketch's compiled kernel (0.6 s)."""
+    fresh worker), numba's load of the drift sketch's compiled kernel (0.6 s), and the model
+    itself, loaded and verified from its bundle (:func:`_worker_predictor`)."""
     import numpy as np
     import pyarrow.parquet  # noqa: F401
     import xgboost  # noqa: F401
 
-    import pipeline.predictor  # noqa: F401
     from kernels import bin_counts
 
+    _worker_predictor(model)
     bin_counts(np.zeros(1), np.zeros(1))  # the float64 signature sketch_frame calls
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The model a scoring job's workers load for themselves: one version of a bundle."""
+
+    url: str  # the run's URL (a version never changes once its manifest exists)
+    manifest_sha256: str
+    storage_options: dict[str, Any]
+    device: str
+
+
+_LOADING = threading.Lock()
+
+
+def _worker_predictor(model: _Model) -> Any:
+    """The predictor of ``model`` in this (worker) process: read and verified from the
+    bundle once, then kept (:func:`_load_predictor`). Workers load it themselves, so the
+    driver never imports scikit-learn, skops or XGBoost, and nothing large is shipped."""
+    from pipeline import artifacts
+
+    with _LOADING:  # a worker's threads wait for the one load
+        key = (model.url, model.manifest_sha256, model.device)
+        if key in _LOADED:
+            return _LOADED[key]
+        bundle = artifacts.open_bundle(model.url, model.storage_options)
+        if bundle.manifest["_sha256"] != model.manifest_sha256:
+            raise artifacts.BundleError(f"{model.url} changed while it was being scored: its "
+                                        "manifest is not the one the job started with")
+        return _load_predictor(bundle, model.device)
 
 
 def _as_predictor(model: Any, storage_options: Mapping[str, Any] | None) -> Any:
@@ -174,24 +206,25 @@ def _broadcast(predictor: Any, client: Any) -> Any:
     return remote
 
 
-_LOADED: dict[tuple[str, str], Any] = {}
+_LOADED: dict[tuple[str, str, str], Any] = {}
 
 
-def _load_predictor(bundle: Any) -> Any:
+def _load_predictor(bundle: Any, device: str = "cpu") -> Any:
     """The bundle's predictor, loaded (and every file verified) once per process per version.
 
-    A version never changes once its manifest exists, so the key (run URL, manifest sha256)
-    names one model for good; loading a large preprocessor from skops takes seconds, which
-    repeated scoring in one process (a scheduler loop, a notebook) should not pay each time.
-    Only :func:`score_to` uses it: nothing it scores with leaves this module.
+    A version never changes once its manifest exists, so the key (run URL, manifest sha256,
+    device) names one model for good; loading a large preprocessor from skops takes seconds,
+    which repeated scoring in one process (a worker, a scheduler loop, a notebook) should not
+    pay each time. Only this module's scoring uses it: nothing it scores with leaves it.
     """
     from pipeline import artifacts
 
-    key = (bundle.url, bundle.manifest["_sha256"])
+    key = (bundle.url, bundle.manifest["_sha256"], device)
     if key not in _LOADED:
         while len(_LOADED) >= 4:
             _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[key] = artifacts.load_predictor(bundle)
+        predictor = artifacts.load_predictor(bundle)
+        _LOADED[key] = predictor.on(device) if device != "cpu" else predictor
     return _LOADED[key]
 
 
@@ -234,11 +267,11 @@ class Plan:
 def plan_score(model_url: str, input_url: str, output_url: str, *,
                id_columns: Sequence[str] = (), fmt: str = "auto",
                partition_rows: int = PARTITION_ROWS, blocksize: int | str = BLOCKSIZE,
-               storage_options: Mapping[str, Any] | None = None,
-               bundle: Any = None, predictor: Any = None) -> Plan:
+               storage_options: Mapping[str, Any] | None = None, bundle: Any = None) -> Plan:
     """Check the model, the input and the output, and cut the input into partitions.
 
-    Reads only listings, headers and Parquet footers. Raises :class:`DataError` (or
+    Reads only listings, headers, Parquet footers and the bundle's ``schema.json`` (the model
+    itself is loaded by the workers). Raises :class:`DataError` (or
     :class:`~pipeline.artifacts.BundleError`) naming what is wrong before any task runs.
 
     Examples
@@ -253,14 +286,17 @@ def plan_score(model_url: str, input_url: str, output_url: str, *,
     if partition_rows < 1:
         raise ValueError(f"partition_rows must be at least 1, got {partition_rows}")
     blocksize = _parse_bytes(blocksize)
+    from pipeline.predictor import prediction_columns
+
     bundle = bundle or artifacts.open_bundle(model_url, options)
-    predictor = predictor or _load_predictor(bundle)
+    schema = bundle.json("schema.json")
+    features = list(schema["columns"])  # the model's input columns, in training order
     id_columns = list(dict.fromkeys(id_columns))
     source = load.find_files(input_url, options, fmt)
     _check_output(output_url, source, options)
     headers = load.read_headers(source)
-    load.check_headers(headers, schema=None, required=[*id_columns, *predictor.feature_columns])
-    columns = list(dict.fromkeys([*id_columns, *predictor.feature_columns]))
+    load.check_headers(headers, schema=None, required=[*id_columns, *features])
+    columns = list(dict.fromkeys([*id_columns, *features]))
     extra = [c for c in next(iter(headers.values())) if c not in columns]
     dtypes: dict[str, str] = {}  # Parquet and SQL: typed by the source
     if source.format == "parquet":
@@ -270,8 +306,7 @@ def plan_score(model_url: str, input_url: str, output_url: str, *,
     else:
         pieces = load.csv_pieces(source, blocksize, headers)
         # features: as the model's schema declares them; id columns: as the data holds them
-        dtypes = load.csv_dtypes(source, columns, bundle.json("schema.json").get("columns", {}),
-                                 infer=id_columns)
+        dtypes = load.csv_dtypes(source, columns, schema.get("columns", {}), infer=id_columns)
     sep = load.csv_separator(source.files[0])
     identity = {
         "format": FORMAT, "run_id": bundle.run_id,
@@ -283,9 +318,10 @@ def plan_score(model_url: str, input_url: str, output_url: str, *,
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     return Plan(model_url=model_url, run_id=bundle.run_id,
                 manifest_sha256=bundle.manifest["_sha256"],
-                model_name=bundle.manifest.get("name"), task=predictor.task, source=source,
+                model_name=bundle.manifest.get("name"), task=schema["task"], source=source,
                 pieces=pieces, read_columns=columns, id_columns=id_columns,
-                prediction_columns=list(predictor.prediction_columns()), csv_dtypes=dtypes,
+                prediction_columns=prediction_columns(schema["task"], schema.get("classes")),
+                csv_dtypes=dtypes,
                 csv_sep=sep, extra_columns=extra, output=output_url, key=key,
                 partition_rows=partition_rows, blocksize=blocksize, storage_options=options,
                 drift=bundle.has(PROFILE))
@@ -380,7 +416,7 @@ def _stats_meta() -> Any:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _STATS_COLUMNS.items()})
 
 
-def _score_part(df: Any, predictor: Any, plan: Mapping[str, Any], bins: Any = None) -> Any:
+def _score_part(df: Any, model: _Model, plan: Mapping[str, Any], bins: Any = None) -> Any:
     """Predict one partition, write its part (complete or not at all), return one stats row.
 
     ``bins``: the (inputs, outputs) :class:`pipeline.monitor.Binning` of the model's reference
@@ -395,6 +431,7 @@ def _score_part(df: Any, predictor: Any, plan: Mapping[str, Any], bins: Any = No
                            "this is a bug in mlpipe")
     where = piece.describe(plan["format"])
     try:
+        predictor = _worker_predictor(model)
         report = predictor.report(df)
         out = predictor.predict_frame(df, plan["id_columns"])
         if len(out) != len(df):
@@ -569,21 +606,20 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
     from pipeline.train import check_device
 
     client = client or get_client()
-    warming = cluster.warm(client, _warm_worker)  # while this process loads the bundle
     artifacts.check_writable(output_url, storage_options)  # before any compute
     storage = artifacts.StorageTally.begin("scoring job", client)
     started = time.perf_counter()
     started_at = artifacts.utcnow()
     bundle = artifacts.open_bundle(model_url, storage_options)
-    predictor = _load_predictor(bundle)
+    device = device or bundle.json("schema.json").get("device", "cpu")
+    model = _Model(bundle.url, bundle.manifest["_sha256"], dict(storage_options or {}), device)
+    warming = cluster.warm(client, _warm_worker, model)  # while this process plans
     plan = plan_score(model_url, input_url, output_url, id_columns=id_columns, fmt=fmt,
                       partition_rows=partition_rows, blocksize=blocksize,
-                      storage_options=storage_options, bundle=bundle, predictor=predictor)
+                      storage_options=storage_options, bundle=bundle)
     cluster.refuse_memory_urls(client, {"output": output_url})
-    plan.device = device or bundle.json("schema.json").get("device", "cpu")
+    plan.device = device
     check_device(client, plan.device, "score on the CPU: mlpipe score --device cpu")
-    if plan.device != "cpu":
-        predictor = predictor.on(plan.device)
     fs, out = artifacts.filesystem(output_url, plan.storage_options)
     _unpublish(fs, out)
     done = _verified_parts(plan)
@@ -596,8 +632,8 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
     stats: dict[int, dict[str, Any]] = {}
     if todo:
         bins = binnings(bundle.json(PROFILE)) if plan.drift else None
-        stats = _run_parts(client, predictor, plan, todo, started, progress_every,
-                           as_completed, bins)
+        stats = _run_parts(client, model, plan, todo, started, progress_every,
+                           as_completed, bins, warming)
     for index, info in done.items():
         stats[index] = {"rows_in": info["rows_in"], "rows_out": info["rows"],
                         "bytes": info["bytes"], "report": info.get("report", {}),
@@ -658,20 +694,23 @@ def _plan_for_tasks(plan: Plan) -> dict[str, Any]:
             "storage_options": plan.storage_options}
 
 
-def _run_parts(client: Any, predictor: Any, plan: Plan, todo: list[Piece], started: float,
-               progress_every: float, as_completed: Any,
-               bins: Any = None) -> dict[int, dict[str, Any]]:
+def _run_parts(client: Any, model: _Model, plan: Plan, todo: list[Piece], started: float,
+               progress_every: float, as_completed: Any, bins: Any = None,
+               warming: Sequence[Any] = ()) -> dict[int, dict[str, Any]]:
     import dask.dataframe as dd
 
+    # nothing goes to the workers before they have loaded the model: a failed load is raised
+    # as it is, and a message unpickled while a worker is still importing pandas could meet
+    # a half-imported module
+    client.gather(list(warming))
     task_plan = _plan_for_tasks(plan)
     raw = dd.from_map(_read_piece, todo, plan=task_plan,
                       meta=pieces_meta(plan.source, plan.read_columns, plan.csv_dtypes),
                       divisions=[None] * (len(todo) + 1), enforce_metadata=False,
                       label="mlpipe-score-read")
-    remote = _broadcast(predictor, client)
     # the bins hold every training level of the category columns: sent to each worker once
     remote_bins = None if bins is None else _broadcast(bins, client)
-    written = raw.map_partitions(_score_part, remote, task_plan, remote_bins,
+    written = raw.map_partitions(_score_part, model, task_plan, remote_bins,
                                  meta=_stats_meta(), enforce_metadata=False)
     futures = client.compute(written.to_delayed())
     stats: dict[int, dict[str, Any]] = {}
