@@ -2,7 +2,7 @@
 
 Every step is a scikit-learn transformer: ``__init__`` stores parameters, ``fit`` validates,
 computes its statistics (on a dask frame: in one ``dask.compute``; exact quantiles take one
-more pass, sometimes two) and ends learned state in ``_``. The steps of the shared prefix
+or two more passes) and ends learned state in ``_``. The steps of the shared prefix
 (cleaner, clipper, encoder; :class:`~pipeline.features.KernelFeatures`) also have
 ``fit_passes``, the same fit as passes that :func:`pipeline.frames.run_fits` shares between
 steps, and ``rewrites``, the columns their transform changes. ``transform`` is one pandas
@@ -170,9 +170,9 @@ def exact_quantiles(X: Any, wanted: Mapping[str, Sequence[float]]) -> dict[str, 
     next 16 bits of the keys that share the already-known prefix (with the smallest and
     largest key under each count), in one ``dask.compute`` for every column and quantile
     together; a wanted order statistic is known once its bucket holds one distinct value, or
-    fetched once the bucket has at most ``_COLLECT`` values. Usually 2 passes over the
-    (persisted) data, 3 for wide continuous buckets; nothing but digit counts and a few small
-    buckets reach the driver. The result depends only on the values, never on the
+    fetched once the bucket has at most ``_COLLECT`` values. 2 passes over the (persisted)
+    data for repeated values or small buckets, 3 or more where many distinct values crowd one
+    bucket; nothing but digit counts and a few small buckets reach the driver. The result depends only on the values, never on the
     partitioning, so a dask fit equals a pandas fit. NaN are ignored; a column with no values
     gives NaN. :func:`quantile_passes` is the same as passes to share with other fits.
 

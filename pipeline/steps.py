@@ -178,7 +178,8 @@ def fit_prefix(job: JobSpec, parts: Parts, feature_columns: Sequence[str],
     pass), and waits for its own input (the earlier steps' transforms, lazily) where it does
     not (the target encodings' out-of-fold statistics hash every column). The training rows
     come out of each step's training transform (target encodings out-of-fold). Memory: the
-    training rows, their schema copy and the result.
+    training rows, their schema copy, the input of a step that reads its own (persisted once,
+    then transformed into the result), and the result.
     """
     import dask
     from distributed import wait
