@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.bench_data import graphs
 from pipeline.frames import INPUT, ROWS, run_fits, together
 from tests.conftest import demo_job
 from tests.pipeline.test_preprocess import assert_same_state
@@ -66,28 +67,6 @@ def test_together_merges_passes_of_parts() -> None:
     assert stop.value.value == [("a", ["x"]), ("b", ["y", "z"])]
 
 
-def _graphs(client: Any) -> int:
-    """Graphs the scheduler has been given so far (each compute or persist is one)."""
-    from distributed.diagnostics.plugin import SchedulerPlugin
-
-    class Graphs(SchedulerPlugin):
-        name = "test-steps-graphs"
-
-        def __init__(self) -> None:
-            self.count = 0
-
-        def update_graph(self, scheduler: Any, **kwargs: Any) -> None:
-            self.count += 1
-
-    def count(dask_scheduler: Any) -> int:
-        plugin = dask_scheduler.plugins.get(Graphs.name)
-        return -1 if plugin is None else plugin.count
-
-    if client.run_on_scheduler(count) < 0:
-        client.register_plugin(Graphs())
-    return client.run_on_scheduler(count)
-
-
 @pytest.mark.parametrize("bin_clipped", [False, True], ids=["early", "features-wait"])
 def test_prefix_fitted_together_equals_steps_one_by_one(
         client: Any, demo_dir: Path, tmp_path: Path, bin_clipped: bool) -> None:
@@ -105,9 +84,9 @@ def test_prefix_fitted_together_equals_steps_one_by_one(
     training = load.load_training(job, load.plan_training(job))
     parts = split_job(training.frame, job, training.summary.time_cutoff)
     classes = training.summary.classes
-    before = _graphs(client)
+    before = graphs(client)
     prefix = fit_prefix(job, parts, training.feature_columns, classes, client)
-    graphs = _graphs(client) - before
+    given = graphs(client) - before
 
     # the reference: every step fitted on its own, in order, on the computed rows
     train = parts.train.compute()
@@ -128,6 +107,6 @@ def test_prefix_fitted_together_equals_steps_one_by_one(
     # buckets); the encoder's input persisted and read (its folds hash every column); the
     # result persisted; the row counts. Features waiting for the clipper add a persist of
     # their input and their own two passes.
-    assert graphs <= (10 if bin_clipped else 7), graphs
+    assert given <= (10 if bin_clipped else 7), given
     edges = prefix.pipeline.named_steps["features"].edges_
     assert np.all(np.diff(edges["credit_score"]) > 0)
