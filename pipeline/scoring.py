@@ -281,13 +281,12 @@ def plan_score(model_url: str, input_url: str, output_url: str, *,
     (4, 'partition 0 (data/demo/part-00000.parquet, row group 0)')
     """
     from pipeline import artifacts, load
+    from pipeline.predictor import prediction_columns
 
     options = dict(storage_options or {})
     if partition_rows < 1:
         raise ValueError(f"partition_rows must be at least 1, got {partition_rows}")
     blocksize = _parse_bytes(blocksize)
-    from pipeline.predictor import prediction_columns
-
     bundle = bundle or artifacts.open_bundle(model_url, options)
     schema = bundle.json("schema.json")
     features = list(schema["columns"])  # the model's input columns, in training order
