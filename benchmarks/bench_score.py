@@ -13,7 +13,7 @@ float32 at scale 1.0, 250,000-row files) scored with an XGBoost model of 100 rou
 mlpipe on its first 1M rows, against the bare loop a user would write: pyarrow read ->
 ``inplace_predict`` (2 threads) -> Parquet write of label and probability, no mlpipe code.
 Two ways, best of two each, interleaved: *cold* is ``mlpipe score`` (a fresh CLI process that
-starts its LocalCluster, loads and verifies the bundle) against the loop as a fresh
+starts its LocalCluster, whose workers load and verify the bundle) against the loop as a fresh
 ``python`` process, each timed around its subprocess; *warm* is :func:`pipeline.scoring.score_to` on
 the bench's running cluster against the loop in this process with the booster loaded.
 Goal: >= 1.0x. mlpipe's side also checks the schema and sketches drift; the loop does neither.

@@ -476,10 +476,11 @@ def warm(client: Any, function: Any, *args: Any) -> list[Any]:
     """Run ``function(*args)`` once on every worker now, in the background; return the futures.
 
     A fresh worker process pays its imports (and numba's load of its compiled kernels) in
-    the first task that needs them: for a scoring job, 1.5-2 s per worker, in series with
-    the driver's own loading of the bundle. Started first, that work overlaps it. Nothing
-    needs to wait for the futures (a task that needs a module meanwhile waits on Python's
-    import lock); release or cancel them when done.
+    the first task that needs them: for a scoring job, 1.5-2 s per worker. Started first,
+    that work overlaps the driver's own planning. Gather the futures before sending the
+    workers anything whose unpickling imports the same modules: a message unpickled while
+    the warm-up is half-way through importing pandas fails ("partially initialized module").
+    Release or cancel them when done.
 
     Examples
     --------

@@ -41,7 +41,6 @@ from sklearn.utils.validation import check_is_fitted
 
 from pipeline.frames import (
     INPUT,
-    ROWS,
     EarlyRows,
     apply,
     meta_of,
@@ -56,6 +55,7 @@ from pipeline.preprocess import (
     as_text_lazy,
     codes_of,
     frame_tags,
+    learning_rows,
     quantile_passes,
     require_columns,
     validate_frame,
@@ -122,10 +122,8 @@ class KernelFeatures(TransformerMixin, BaseEstimator):
         transform of the training rows."""
         specs = [dict(f) for f in self.features]
         todo = [i for i, s in enumerate(specs) if learns(s)]
-        X = None
-        rows = early.frame if early is not None and todo else None
-        if rows is None or not early.covers(set().union(*(_reads(specs[i]) for i in todo))):
-            rows = X = validate_frame(self, (yield ROWS), reset=True)
+        rows, X = yield from learning_rows(
+            self, early, lambda meta: set().union(*(_reads(specs[i]) for i in todo)))
         check_features([specs[i] for i in todo] if X is None else specs, meta_of(rows))
         self.specs_ = specs
         self.tables_: dict[str, Any] = {}

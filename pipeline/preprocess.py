@@ -26,7 +26,7 @@ columns, scaling where the family needs it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -141,6 +141,19 @@ def validate_frame(estimator: BaseEstimator, X: Any, *, reset: bool) -> Any:
         elif hasattr(estimator, "feature_names_in_"):
             del estimator.feature_names_in_
     return X
+
+
+def learning_rows(estimator: BaseEstimator, early: EarlyRows | None,
+                  reads: Callable[[pd.DataFrame], Iterable[str]]
+                  ) -> Generator[Any, Any, tuple[Any, Any]]:
+    """The rows a step's ``fit_passes`` learns from: ``early``'s frame when it holds every
+    column ``reads(meta)`` names as the step's input will (:class:`EarlyRows`), else the
+    step's own input (asked for as ROWS, validated). Returns ``(rows, X)``: ``X`` is the
+    validated input when it was asked for, else ``None`` (ask with INPUT before finishing)."""
+    if early is not None and early.covers(reads(meta_of(early.frame))):
+        return early.frame, None
+    X = validate_frame(estimator, (yield ROWS), reset=True)
+    return X, X
 
 
 def frame_tags(tags: Tags) -> Tags:
@@ -551,10 +564,7 @@ class QuantileClipper(TransformerMixin, BaseEstimator):
                    ) -> Generator[Any, Any, Callable[[Any], Any]]:
         """:meth:`fit` as passes (:func:`pipeline.frames.run_fits`); on ``early`` rows when
         they hold its columns as its input will. Returns the transform of the training rows."""
-        X = None
-        rows = early.frame if early is not None else None
-        if rows is None or not early.covers(self._columns(meta_of(rows))):
-            rows = X = validate_frame(self, (yield ROWS), reset=True)
+        rows, X = yield from learning_rows(self, early, self._columns)
         columns = self._columns(meta_of(rows))
         require_columns(columns, meta_of(rows), "preprocess.clip.columns", numeric=True)
         q = yield from quantile_passes(rows, {c: [self.lower, self.upper] for c in columns})
@@ -923,10 +933,7 @@ class CategoricalEncoder(TransformerMixin, BaseEstimator):
         ``early`` rows when they hold its columns as its input will, the target statistics on
         its input (the folds hash every column). Returns the transform of the training rows:
         target encodings out-of-fold."""
-        X = None
-        rows = early.frame if early is not None else None
-        if rows is None or not early.covers(self.rewrites(meta_of(rows))):
-            rows = X = validate_frame(self, (yield ROWS), reset=True)
+        rows, X = yield from learning_rows(self, early, self.rewrites)
         encodings = self._encodings(meta_of(rows))
         needs_vocab = [c for c, s in encodings.items() if s["method"] != "hash"]
         targets = [c for c, s in encodings.items() if s["method"] == "target"]

@@ -162,23 +162,30 @@ class _Model:
 
 
 _LOADING = threading.Lock()
+_LOADED: dict[tuple[str, str, str], Any] = {}
 
 
 def _worker_predictor(model: _Model) -> Any:
-    """The predictor of ``model`` in this (worker) process: read and verified from the
-    bundle once, then kept (:func:`_load_predictor`). Workers load it themselves, so the
-    driver never imports scikit-learn, skops or XGBoost, and nothing large is shipped."""
+    """The predictor of ``model`` in this (worker) process, read and verified from the
+    bundle once per version and device, then kept (up to 4): a version never changes once its
+    manifest exists, and loading a large preprocessor from skops takes seconds that a
+    long-lived worker should pay once. Workers load it themselves, so the driver never
+    imports scikit-learn, skops or XGBoost, and nothing large is shipped."""
     from pipeline import artifacts
 
+    key = (model.url, model.manifest_sha256, model.device)
     with _LOADING:  # a worker's threads wait for the one load
-        key = (model.url, model.manifest_sha256, model.device)
-        if key in _LOADED:
-            return _LOADED[key]
-        bundle = artifacts.open_bundle(model.url, model.storage_options)
-        if bundle.manifest["_sha256"] != model.manifest_sha256:
-            raise artifacts.BundleError(f"{model.url} changed while it was being scored: its "
-                                        "manifest is not the one the job started with")
-        return _load_predictor(bundle, model.device)
+        if key not in _LOADED:
+            bundle = artifacts.open_bundle(model.url, model.storage_options)
+            if bundle.manifest["_sha256"] != model.manifest_sha256:
+                raise artifacts.BundleError(
+                    f"{model.url} changed while it was being scored: its manifest is not the "
+                    "one the job started with")
+            predictor = artifacts.load_predictor(bundle)
+            while len(_LOADED) >= 4:
+                _LOADED.pop(next(iter(_LOADED)))
+            _LOADED[key] = predictor.on(model.device) if model.device != "cpu" else predictor
+        return _LOADED[key]
 
 
 def _as_predictor(model: Any, storage_options: Mapping[str, Any] | None) -> Any:
@@ -204,28 +211,6 @@ def _broadcast(predictor: Any, client: Any) -> Any:
     # hash=False: a fresh key, so a new model is never confused with an older scattered one
     [remote] = client.scatter([predictor], broadcast=True, hash=False)
     return remote
-
-
-_LOADED: dict[tuple[str, str, str], Any] = {}
-
-
-def _load_predictor(bundle: Any, device: str = "cpu") -> Any:
-    """The bundle's predictor, loaded (and every file verified) once per process per version.
-
-    A version never changes once its manifest exists, so the key (run URL, manifest sha256,
-    device) names one model for good; loading a large preprocessor from skops takes seconds,
-    which repeated scoring in one process (a worker, a scheduler loop, a notebook) should not
-    pay each time. Only this module's scoring uses it: nothing it scores with leaves it.
-    """
-    from pipeline import artifacts
-
-    key = (bundle.url, bundle.manifest["_sha256"], device)
-    if key not in _LOADED:
-        while len(_LOADED) >= 4:
-            _LOADED.pop(next(iter(_LOADED)))
-        predictor = artifacts.load_predictor(bundle)
-        _LOADED[key] = predictor.on(device) if device != "cpu" else predictor
-    return _LOADED[key]
 
 
 # --------------------------------------------------------------------------- planning
@@ -629,8 +614,9 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
                 f"; {len(done)} part(s) already written and verified: skipped" if done else "")
 
     stats: dict[int, dict[str, Any]] = {}
+    profile = bundle.json(PROFILE) if plan.drift else None  # read once: bins, then the report
     if todo:
-        bins = binnings(bundle.json(PROFILE)) if plan.drift else None
+        bins = binnings(profile) if plan.drift else None
         stats = _run_parts(client, model, plan, todo, started, progress_every,
                            as_completed, bins, warming)
     for index, info in done.items():
@@ -640,7 +626,7 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
     _remove_stale(fs, out, plan)
     seconds = time.perf_counter() - started
     manifest = _manifest(plan, stats, done, started_at, seconds)
-    drift = _drift(bundle, plan, stats)
+    drift = _drift(profile, plan, stats)
     drift_payload = json.dumps(drift, indent=2, sort_keys=True, default=str).encode()
     artifacts.atomic_write(fs, artifacts.join(out, DRIFT), drift_payload)
     manifest["drift"] = {"file": DRIFT, "sha256": artifacts.sha256(drift_payload),
@@ -662,7 +648,7 @@ def score_to(model_url: str, input_url: str, output_url: str, *,
                 output_url, f"{result.rows_scored:,}", f"{result.rows_per_second:,.0f}",
                 result.skipped)
     logger.info(storage.summary())
-    client.cancel(warming)  # long done (the first part waited on the same imports)
+    client.cancel(warming)  # done, or never waited on (every part was kept from before)
     return result
 
 
@@ -828,7 +814,7 @@ def _manifest(plan: Plan, stats: Mapping[int, Mapping[str, Any]],
     }
 
 
-def _drift(bundle: Any, plan: Plan, stats: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+def _drift(profile: Any, plan: Plan, stats: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     """``_drift.json``: the merged sketches of every part against the model's profile."""
     model = {"run_id": plan.run_id, "manifest_sha256": plan.manifest_sha256,
              "url": plan.model_url}
@@ -837,7 +823,7 @@ def _drift(bundle: Any, plan: Plan, stats: Mapping[int, Mapping[str, Any]]) -> d
                 "note": f"model run {plan.run_id} has no {PROFILE} (it was trained before "
                         "mlpipe monitored drift): no drift was computed; retrain it to get one"}
     current = merge(*(s["drift"] for _, s in sorted(stats.items())))
-    report = drift_report(bundle.json(PROFILE), current)
+    report = drift_report(profile, current)
     flagged = report["drifted"] + [f"output {c}" for c in report["outputs_drifted"]]
     if flagged:
         logger.warning("drift against the training data of %s in %s (details: %s)",

@@ -178,8 +178,8 @@ def fit_prefix(job: JobSpec, parts: Parts, feature_columns: Sequence[str],
     pass), and waits for its own input (the earlier steps' transforms, lazily) where it does
     not (the target encodings' out-of-fold statistics hash every column). The training rows
     come out of each step's training transform (target encodings out-of-fold). Memory: the
-    training rows, their schema copy, the input of a step that reads its own (persisted once,
-    then transformed into the result), and the result.
+    training rows, their schema copy (let go once a later step's input is persisted, unless a
+    step still to be fitted holds it as early rows), that input, and the result.
     """
     import dask
     from distributed import wait
@@ -196,8 +196,10 @@ def fit_prefix(job: JobSpec, parts: Parts, feature_columns: Sequence[str],
     for _, step in rest:
         fits.append(step.fit_passes(y_train, EarlyRows(base, frozenset(rewritten))))
         rewritten |= step.rewrites(meta_of(base))
-
-    inputs = {0: base}  # step i's input (the training transforms of those before it)
+    # step i's input: the training transforms of the steps before it, from the latest input
+    # kept; only the steps still holding their early rows keep the schema copy besides
+    inputs = {0: base}
+    del base
 
     def training(i: int, done: list[Any], rows: bool) -> Any:
         start = max(k for k in inputs if k <= i)
@@ -207,6 +209,8 @@ def fit_prefix(job: JobSpec, parts: Parts, feature_columns: Sequence[str],
         if rows and i not in inputs:  # read, then transformed: computed once, kept
             X = client.persist(X)
             wait(X)
+            for k in list(inputs):  # later inputs start from this one
+                del inputs[k]
             inputs[i] = X
         return X
 
