@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import StorageError, did_you_mean
-from pipeline.load import DataError, Piece, read_piece
+from pipeline.load import PARTITION_ROWS, DataError, Piece, read_piece
 from pipeline.monitor import DRIFT, PROFILE, binnings, drift_report, merge, sketch_frame
 
 logger = logging.getLogger("pipeline")
@@ -66,8 +66,6 @@ SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
 #: Parquet key-value metadata key of every part (JSON: what the part is, see module doc).
 PART_KEY = b"mlpipe.score"
-#: Parquet input: consecutive row groups of one file are grouped up to this many rows.
-PARTITION_ROWS = 500_000
 #: CSV input: bytes per partition (split at line ends).
 BLOCKSIZE = 64 * 2**20
 

@@ -30,8 +30,9 @@ class KillOnce(WorkerPlugin):
     """SIGKILL this worker's own process when a chosen task starts executing, once per test
     (the first worker to create ``marker`` does it; the restarted worker gets the plugin too).
 
-    ``when``: ``"load"`` (a ``read_parquet`` task) or ``"features"`` (a task that runs
-    ``KernelFeatures``, the numba feature kernels).
+    ``when``: ``"load"`` (a ``read_parquet`` task, :func:`pipeline.load.read_piece` under
+    the label of dask's own reader) or ``"features"`` (a task that runs ``KernelFeatures``,
+    the numba feature kernels).
     """
 
     def __init__(self, when: str, marker: str) -> None:

@@ -233,6 +233,39 @@ def test_a_pandas_index_written_to_parquet_is_not_a_column(tmp_path: Path) -> No
     assert list(got.columns) == ["x", "y"] and len(got) == 7
 
 
+def test_parquet_partitions_are_what_dask_read_parquet_gives(tmp_path: Path) -> None:
+    """The loader reads :func:`load.parquet_pieces` itself (faster than ``dd.read_parquet``);
+    each partition still holds what ``dd.read_parquet(index=False)`` gives, dtype for dtype:
+    nullable and tz-aware columns, dask's pyarrow strings, categoricals, stored indexes (a
+    range, row labels) left out, a file of three row groups and a file of no rows."""
+    rng = np.random.default_rng(0)
+    n = 600
+    df = pd.DataFrame({
+        "i": pd.array(rng.integers(0, 5, n), dtype="Int64"),
+        "f": rng.normal(size=n).astype("float32"),
+        "s": rng.choice(["a", "b", None], n),
+        "c": pd.Categorical(rng.choice(["u", "v"], n)),
+        "t": pd.date_range("2020-01-01", periods=n, freq="h", tz="UTC"),
+        "b": pd.array(rng.choice([True, False, None], n), dtype="boolean"),
+        "y": rng.integers(0, 2, n)})
+    df.iloc[:300].to_parquet(tmp_path / "a.parquet", row_group_size=100, index=False)
+    df.iloc[300:450].iloc[::-1].to_parquet(tmp_path / "b.parquet")  # a stored range index
+    df.iloc[:0].to_parquet(tmp_path / "c.parquet", index=False)
+    df.iloc[450:].sample(frac=1.0, random_state=0).to_parquet(tmp_path / "d.parquet")  # labels
+    source = load.find_files(str(tmp_path))
+    columns = ["i", "s", "c", "t", "b", "y"]
+    ours = load.read(source, columns)
+    theirs = dd.read_parquet(list(source.files), columns=columns, index=False)
+    assert ours.npartitions == theirs.npartitions == 4
+    pd.testing.assert_frame_equal(ours._meta, theirs._meta)
+    for i in (0, 1, 3):
+        pd.testing.assert_frame_equal(ours.partitions[i].compute(scheduler="sync"),
+                                      theirs.partitions[i].compute(scheduler="sync"))
+    # an empty partition is the meta (map_partitions gives it for an empty result)
+    empty = ours.partitions[2].compute(scheduler="sync")
+    assert empty.empty and list(empty.columns) == columns
+
+
 def test_csv_encoding_is_read_from_the_source(tmp_path: Path) -> None:
     data = frame(300).astype({"k": object})
     data.loc[250, "k"] = "Montréal"
